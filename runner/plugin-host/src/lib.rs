@@ -1,0 +1,33 @@
+//! Gantry's plugin host: runs gate, notifier and migration plugins as
+//! WebAssembly components in a wasmtime sandbox.
+//!
+//! - [`PluginHost`] owns the engine (pooling allocator, epoch interruption),
+//!   the linker and the on-disk cache of compiled components.
+//! - [`Plugin`] is a loaded component with its [`Manifest`]: the origins,
+//!   secrets and limits it is granted.
+//! - Every call gets a fresh store: nothing survives from one call to the
+//!   next. Each call runs under the manifest's time and memory limits, with
+//!   host-wide caps on stack, result, log and response sizes.
+//!
+//! A misbehaving plugin yields an [`Error`] naming the limit it hit; the host
+//! and the next call are unaffected.
+
+mod bindings;
+mod cache;
+mod error;
+mod host;
+mod limits;
+pub mod manifest;
+mod state;
+pub mod types;
+
+pub use cache::CacheOutcome;
+pub use error::Error;
+pub use host::{
+    Allocator, CallReport, EnvSecrets, HostConfig, Inspection, Plugin, PluginHost, SecretSource,
+};
+pub use manifest::{Manifest, Origin};
+pub use types::{
+    Artifact, Decision, Direction, Event, EventKind, LogRecord, MigrationOutcome, Observation,
+    StepContext, Verdict, World,
+};

@@ -1,0 +1,362 @@
+//! The per-call store data, and the host side of every capability.
+//!
+//! One `CallState` lives in one fresh `Store` for one call, so nothing a guest
+//! does survives into the next call. It holds only what the manifest grants
+//! for the call's environment: the allowed origins, and the values of the
+//! granted secrets (other secrets never enter the store).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::bindings::capabilities::gantry::plugin::{clock, http, log, secrets, types};
+use crate::bindings::migration::gantry::plugin::sql;
+use crate::limits::MemoryLimiter;
+use crate::manifest::Origin;
+use crate::types::LogRecord;
+
+/// Caps that apply to every call, whatever the manifest says.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IoCaps {
+    /// Total bytes of log messages kept per call.
+    pub log_bytes: usize,
+    /// Bytes of one HTTP response body.
+    pub response_bytes: usize,
+    /// Timeout of an HTTP request that names none.
+    pub default_http_timeout: Duration,
+}
+
+/// What the manifest grants for one call's environment.
+pub(crate) struct Grants {
+    pub origins: Vec<Origin>,
+    /// Granted secret names, with their values where they have one.
+    pub secrets: BTreeMap<String, Option<String>>,
+}
+
+/// Who is calling: the labels on every log line and denial.
+pub(crate) struct CallLabels {
+    pub plugin: Arc<str>,
+    pub environment: String,
+    pub run_id: String,
+}
+
+/// The data of one call's `Store`.
+pub(crate) struct CallState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub limiter: MemoryLimiter,
+    pub stderr: MemoryOutputPipe,
+    grants: Grants,
+    labels: CallLabels,
+    caps: IoCaps,
+    deadline: Instant,
+    http: reqwest::Client,
+    logs: LogBuffer,
+}
+
+impl CallState {
+    pub fn new(
+        grants: Grants,
+        labels: CallLabels,
+        caps: IoCaps,
+        limiter: MemoryLimiter,
+        deadline: Instant,
+        http: reqwest::Client,
+    ) -> Self {
+        // Capped, so a guest printing forever cannot grow the host.
+        let stderr = MemoryOutputPipe::new(16 * 1024);
+        // No preopened directories, no env vars, no args, no sockets, no DNS:
+        // the WASI imports link, but every ambient capability is denied.
+        let wasi = WasiCtx::builder()
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        CallState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter,
+            stderr,
+            grants,
+            labels,
+            caps,
+            deadline,
+            http,
+            logs: LogBuffer::new(caps.log_bytes),
+        }
+    }
+
+    /// The call's log records, ending with a note of any dropped ones.
+    pub fn take_logs(&mut self) -> Vec<LogRecord> {
+        self.logs.finish()
+    }
+
+    /// Records and logs a denied capability.
+    fn deny(&mut self, capability: &str, name: &str, why: &str) {
+        tracing::warn!(
+            plugin = %self.labels.plugin,
+            environment = %self.labels.environment,
+            run = %self.labels.run_id,
+            capability,
+            name,
+            "plugin denied: {why}"
+        );
+        self.logs.push_host(
+            "warn",
+            format!("denied {capability} `{name}`: {why}"),
+            vec![
+                ("capability".into(), capability.into()),
+                ("name".into(), name.into()),
+                ("environment".into(), self.labels.environment.clone()),
+            ],
+        );
+    }
+}
+
+impl WasiView for CallState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl types::Host for CallState {}
+
+impl log::Host for CallState {
+    fn log(&mut self, level: log::Level, message: String, fields: Vec<(String, String)>) {
+        let level = match level {
+            log::Level::Trace => "trace",
+            log::Level::Debug => "debug",
+            log::Level::Info => "info",
+            log::Level::Warn => "warn",
+            log::Level::Error => "error",
+        };
+        if let Some(record) = self.logs.push_guest(level, message, fields) {
+            tracing::info!(
+                plugin = %self.labels.plugin,
+                environment = %self.labels.environment,
+                run = %self.labels.run_id,
+                level,
+                fields = ?record.fields,
+                "plugin log: {}",
+                record.message
+            );
+        }
+    }
+}
+
+impl secrets::Host for CallState {
+    fn get(&mut self, name: String) -> Option<String> {
+        match self.grants.secrets.get(&name) {
+            Some(value) => value.clone(),
+            None => {
+                let why = format!(
+                    "the manifest grants no secret `{name}` in environment `{}`",
+                    self.labels.environment
+                );
+                self.deny("secret", &name, &why);
+                None
+            }
+        }
+    }
+}
+
+impl clock::Host for CallState {
+    fn now_ms(&mut self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    }
+}
+
+impl http::Host for CallState {
+    async fn send(&mut self, request: http::Request) -> Result<http::Response, http::HttpError> {
+        use http::HttpError;
+
+        let url = url::Url::parse(&request.url)
+            .map_err(|e| HttpError::InvalidRequest(format!("{}: {e}", request.url)))?;
+        let origin = Origin::of(&url).map_err(HttpError::InvalidRequest)?;
+        if !self.grants.origins.contains(&origin) {
+            let why = format!("{origin} is not in the manifest's http.allow list");
+            self.deny("http", &origin.to_string(), &why);
+            return Err(HttpError::Denied(why));
+        }
+        let remaining = self.deadline.saturating_duration_since(Instant::now());
+        let asked = request
+            .timeout_ms
+            .map(|ms| Duration::from_millis(u64::from(ms)))
+            .unwrap_or(self.caps.default_http_timeout);
+        let timeout = asked.min(remaining);
+        let method = match request.method {
+            http::Method::Get => reqwest::Method::GET,
+            http::Method::Head => reqwest::Method::HEAD,
+            http::Method::Post => reqwest::Method::POST,
+            http::Method::Put => reqwest::Method::PUT,
+            http::Method::Patch => reqwest::Method::PATCH,
+            http::Method::Delete => reqwest::Method::DELETE,
+        };
+        let mut builder = self.http.request(method, url.clone()).timeout(timeout);
+        for (name, value) in &request.headers {
+            builder = builder.header(name, value);
+        }
+        if let Some(body) = request.body {
+            builder = builder.body(body);
+        }
+        let limit = self.caps.response_bytes;
+        let exchange = async {
+            let mut response = builder.send().await?;
+            let status = response.status().as_u16();
+            let headers = response
+                .headers()
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect();
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await? {
+                if body.len() + chunk.len() > limit {
+                    return Ok(Err(HttpError::TooLarge(format!(
+                        "{url}: body exceeds the host's cap of {limit} bytes"
+                    ))));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(Ok(http::Response {
+                status,
+                headers,
+                body,
+            }))
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(e)) => Err(classify_transport(&url, timeout, e)),
+            Err(_) => Err(HttpError::Timeout(format!(
+                "{url}: no complete response within {} ms",
+                timeout.as_millis()
+            ))),
+        }
+    }
+}
+
+fn classify_transport(url: &url::Url, timeout: Duration, e: reqwest::Error) -> http::HttpError {
+    if e.is_timeout() {
+        http::HttpError::Timeout(format!(
+            "{url}: no complete response within {} ms",
+            timeout.as_millis()
+        ))
+    } else if e.is_builder() {
+        http::HttpError::InvalidRequest(format!("{url}: {e}"))
+    } else {
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(inner) = source {
+            message.push_str(": ");
+            message.push_str(&inner.to_string());
+            source = inner.source();
+        }
+        http::HttpError::Transport(format!("{url}: {message}"))
+    }
+}
+
+impl sql::Host for CallState {
+    fn execute(&mut self, _statement: String, _params: Vec<sql::Value>) -> Result<u64, String> {
+        Err(NO_DATABASE.to_string())
+    }
+
+    fn query(&mut self, _statement: String, _params: Vec<sql::Value>) -> Result<sql::Rows, String> {
+        Err(NO_DATABASE.to_string())
+    }
+}
+
+const NO_DATABASE: &str = "no database is bound to this step";
+
+/// Log records of one call, capped by total message bytes.
+struct LogBuffer {
+    records: Vec<LogRecord>,
+    bytes: usize,
+    cap: usize,
+    dropped: usize,
+}
+
+impl LogBuffer {
+    /// Longest message kept from one record.
+    const MAX_MESSAGE: usize = 4096;
+
+    fn new(cap: usize) -> Self {
+        LogBuffer {
+            records: Vec::new(),
+            bytes: 0,
+            cap,
+            dropped: 0,
+        }
+    }
+
+    /// Keeps a guest record if it fits; returns it for tracing.
+    fn push_guest(
+        &mut self,
+        level: &str,
+        mut message: String,
+        fields: Vec<(String, String)>,
+    ) -> Option<&LogRecord> {
+        truncate(&mut message, Self::MAX_MESSAGE);
+        let size = message.len() + fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        if self.bytes + size > self.cap {
+            self.dropped += 1;
+            return None;
+        }
+        self.bytes += size;
+        self.records.push(LogRecord {
+            level: level.into(),
+            message,
+            fields,
+            source: "guest".into(),
+        });
+        self.records.last()
+    }
+
+    /// Host records (denials) are always kept: they are few and they matter.
+    fn push_host(&mut self, level: &str, message: String, fields: Vec<(String, String)>) {
+        self.records.push(LogRecord {
+            level: level.into(),
+            message,
+            fields,
+            source: "host".into(),
+        });
+    }
+
+    fn finish(&mut self) -> Vec<LogRecord> {
+        if self.dropped > 0 {
+            let note = format!(
+                "{} log records dropped: the log limit of {} bytes per call was reached",
+                self.dropped, self.cap
+            );
+            self.push_host("warn", note, Vec::new());
+            self.dropped = 0;
+        }
+        std::mem::take(&mut self.records)
+    }
+}
+
+/// Cuts `text` to at most `max` bytes on a character boundary.
+fn truncate(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+}

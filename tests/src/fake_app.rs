@@ -23,11 +23,13 @@ struct Settings {
 
 type Shared = Arc<Mutex<Settings>>;
 
-/// A running fake app. It stops when dropped.
+/// A running fake app, served from its own thread and runtime so it works
+/// from sync and async tests alike. It stops when dropped.
 pub struct FakeApp {
     addr: SocketAddr,
     settings: Shared,
-    _runtime: tokio::runtime::Runtime,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl FakeApp {
@@ -39,27 +41,37 @@ impl FakeApp {
             delay: Duration::ZERO,
             hits: 0,
         }));
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("fake app runtime");
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind 127.0.0.1:0");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
         let addr = listener.local_addr().expect("local addr");
         let app = Router::new()
             .route("/health", get(health))
             .route("/metrics", get(metrics))
             .route("/slow", get(slow))
             .with_state(settings.clone());
-        runtime.spawn(async move {
-            let _ = axum::serve(listener, app).await;
+        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("fake app runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                // Stop abruptly: a test never waits for in-flight requests.
+                tokio::select! {
+                    _ = axum::serve(listener, app) => {}
+                    _ = stopped => {}
+                }
+            });
+            runtime.shutdown_background();
         });
         FakeApp {
             addr,
             settings,
-            _runtime: runtime,
+            shutdown: Some(shutdown),
+            thread: Some(thread),
         }
     }
 
@@ -96,6 +108,17 @@ impl FakeApp {
     fn with<T>(&self, f: impl FnOnce(&mut Settings) -> T) -> T {
         let mut settings = self.settings.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut settings)
+    }
+}
+
+impl Drop for FakeApp {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 

@@ -20,7 +20,7 @@ pub enum PluginCommand {
     /// Run one call of a plugin and print its answer as a human line (stderr)
     /// and as JSON (stdout). Exit status: 0 pass (or done), 1 fail,
     /// 3 retry-after, 2 error.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show a component's world, imports and exports, and what a manifest grants.
     Inspect(InspectArgs),
 }
@@ -139,7 +139,7 @@ enum DirectionArg {
 
 pub async fn run(command: PluginCommand) -> anyhow::Result<ExitCode> {
     match command {
-        PluginCommand::Run(args) => run_plugin(args).await,
+        PluginCommand::Run(args) => run_plugin(*args).await,
         PluginCommand::Inspect(args) => inspect(args),
     }
 }

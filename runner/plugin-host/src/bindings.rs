@@ -14,51 +14,36 @@ pub mod capabilities {
     });
 }
 
+/// Generates one plugin world, reusing the shared interfaces.
+macro_rules! plugin_world {
+    ($world:tt) => {
+        wasmtime::component::bindgen!({
+            world: $world,
+            path: "../../wit",
+            with: {
+                "gantry:plugin/types": crate::bindings::capabilities::gantry::plugin::types,
+                "gantry:plugin/log": crate::bindings::capabilities::gantry::plugin::log,
+                "gantry:plugin/secrets": crate::bindings::capabilities::gantry::plugin::secrets,
+                "gantry:plugin/http": crate::bindings::capabilities::gantry::plugin::http,
+                "gantry:plugin/clock": crate::bindings::capabilities::gantry::plugin::clock,
+            },
+            exports: { default: async },
+        });
+    };
+}
+
 /// The `gate` world.
 pub mod gate {
-    wasmtime::component::bindgen!({
-        world: "gate",
-        path: "../../wit",
-        with: {
-            "gantry:plugin/types": crate::bindings::capabilities::gantry::plugin::types,
-            "gantry:plugin/log": crate::bindings::capabilities::gantry::plugin::log,
-            "gantry:plugin/secrets": crate::bindings::capabilities::gantry::plugin::secrets,
-            "gantry:plugin/http": crate::bindings::capabilities::gantry::plugin::http,
-            "gantry:plugin/clock": crate::bindings::capabilities::gantry::plugin::clock,
-        },
-        exports: { default: async },
-    });
+    plugin_world!("gate");
 }
 
 /// The `notifier` world.
 pub mod notifier {
-    wasmtime::component::bindgen!({
-        world: "notifier",
-        path: "../../wit",
-        with: {
-            "gantry:plugin/types": crate::bindings::capabilities::gantry::plugin::types,
-            "gantry:plugin/log": crate::bindings::capabilities::gantry::plugin::log,
-            "gantry:plugin/secrets": crate::bindings::capabilities::gantry::plugin::secrets,
-            "gantry:plugin/http": crate::bindings::capabilities::gantry::plugin::http,
-            "gantry:plugin/clock": crate::bindings::capabilities::gantry::plugin::clock,
-        },
-        exports: { default: async },
-    });
+    plugin_world!("notifier");
 }
 
 /// The `migration` world. Its `sql` host side arrives with the PostgreSQL
 /// migrations; until then every statement fails with a clear error.
 pub mod migration {
-    wasmtime::component::bindgen!({
-        world: "migration",
-        path: "../../wit",
-        with: {
-            "gantry:plugin/types": crate::bindings::capabilities::gantry::plugin::types,
-            "gantry:plugin/log": crate::bindings::capabilities::gantry::plugin::log,
-            "gantry:plugin/secrets": crate::bindings::capabilities::gantry::plugin::secrets,
-            "gantry:plugin/http": crate::bindings::capabilities::gantry::plugin::http,
-            "gantry:plugin/clock": crate::bindings::capabilities::gantry::plugin::clock,
-        },
-        exports: { default: async },
-    });
+    plugin_world!("migration");
 }

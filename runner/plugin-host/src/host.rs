@@ -373,14 +373,7 @@ impl PluginHost {
             Ok(answer.map(|outcome| {
                 Ok(MigrationOutcome {
                     version: outcome.version,
-                    evidence: outcome
-                        .evidence
-                        .into_iter()
-                        .map(|o| Observation {
-                            name: o.name,
-                            value: o.value,
-                        })
-                        .collect(),
+                    evidence: from_wit_observations(outcome.evidence),
                 })
             }))
         })
@@ -595,15 +588,18 @@ fn check_verdict(plugin: &Plugin, verdict: gate::Verdict, limit: usize) -> Resul
     Ok(Verdict {
         decision,
         summary: verdict.summary,
-        evidence: verdict
-            .evidence
-            .into_iter()
-            .map(|o| Observation {
-                name: o.name,
-                value: o.value,
-            })
-            .collect(),
+        evidence: from_wit_observations(verdict.evidence),
     })
+}
+
+fn from_wit_observations(evidence: Vec<caps::types::Observation>) -> Vec<Observation> {
+    evidence
+        .into_iter()
+        .map(|o| Observation {
+            name: o.name,
+            value: o.value,
+        })
+        .collect()
 }
 
 fn to_wit_context(ctx: &StepContext) -> caps::types::StepContext {

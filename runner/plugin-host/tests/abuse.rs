@@ -3,24 +3,13 @@
 
 use std::collections::BTreeMap;
 
-use gantry_plugin_host::{Artifact, Decision, HostConfig, Manifest, PluginHost, StepContext};
+mod common;
+
+use gantry_plugin_host::{Decision, HostConfig, Manifest, PluginHost, StepContext};
 use gantry_tests::{plugin, rss_bytes};
 
 fn ctx(mode: &str) -> StepContext {
-    StepContext {
-        run_id: "run-1".into(),
-        pipeline: "web".into(),
-        environment: "staging".into(),
-        step: "gate".into(),
-        artifact: Artifact {
-            repository: "acme/web".into(),
-            commit_sha: "abc123".into(),
-            image: None,
-        },
-        attempt: 1,
-        idempotency_key: "run-1/staging/gate/1".into(),
-        config: vec![("mode".into(), mode.into()), ("secret".into(), "X".into())],
-    }
+    common::step_context("staging", &[("mode", mode), ("secret", "X")])
 }
 
 #[tokio::test]

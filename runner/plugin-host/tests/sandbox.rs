@@ -3,9 +3,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use gantry_plugin_host::{
-    Artifact, CacheOutcome, Decision, Error, HostConfig, Manifest, Plugin, PluginHost, StepContext,
-    Verdict,
+    CacheOutcome, Decision, Error, HostConfig, Manifest, Plugin, PluginHost, StepContext, Verdict,
 };
 use gantry_tests::{FakeApp, plugin};
 
@@ -18,23 +19,7 @@ fn manifest(toml: &str) -> Manifest {
 }
 
 fn ctx(environment: &str, config: &[(&str, &str)]) -> StepContext {
-    StepContext {
-        run_id: "run-1".into(),
-        pipeline: "web".into(),
-        environment: environment.into(),
-        step: "gate".into(),
-        artifact: Artifact {
-            repository: "acme/web".into(),
-            commit_sha: "abc123".into(),
-            image: None,
-        },
-        attempt: 1,
-        idempotency_key: "run-1/staging/gate/1".into(),
-        config: config
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    }
+    common::step_context(environment, config)
 }
 
 async fn evaluate(

@@ -1,42 +1,92 @@
 #!/usr/bin/env bash
-# README's main command: builds the CLI and the example plugins, starts a
-# local HTTP app on a random loopback port, and runs gates against it.
+# README's main command: builds gantry, the example plugins and the toy app,
+# starts `gantry serve` on the example pipeline (tests/example/gantry.yaml)
+# with the embedded store, and walks through the whole flow:
+#   1. a push deploys dev and passes its gate;
+#   2. a merge takes the same SHA through staging to an approval in production;
+#   3. an approval sends it through canary 10/50/100 to success;
+#   4. a second artifact, faulty at 10%, rolls production back and holds it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rustup toolchain install >/dev/null
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/gantry-target}"
+echo "== building (the first build takes a few minutes)"
 (cd plugins && cargo build --release --locked -q --target-dir target)
-cargo build --release --locked -q -p gantry-cli
-gantry="$CARGO_TARGET_DIR/release/gantry"
-plugins=plugins/target/wasm32-wasip2/release
+cargo build --release --locked -q -p gantry-cli -p gantry-toy-app
+bin="$CARGO_TARGET_DIR/release"
+gantry="$bin/gantry"
+export GANTRY_SERVER="http://127.0.0.1:${GANTRY_PORT:-8420}"
 
 work=$(mktemp -d)
-python3 -m http.server 0 --bind 127.0.0.1 --directory "$work" >"$work/server.log" 2>&1 &
-server=$!
-trap 'kill "$server" 2>/dev/null; rm -rf "$work"' EXIT
-for _ in $(seq 50); do
-  port=$(grep -oE 'port [0-9]+' "$work/server.log" | grep -oE '[0-9]+' || true)
-  [ -n "$port" ] && break
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+"$bin/gantry-toy-app" dev=127.0.0.1:7101 staging=127.0.0.1:7102 production=127.0.0.1:7103 \
+  >"$work/toy.log" 2>&1 &
+pids+=($!)
+"$gantry" serve --config tests/example/gantry.yaml --data-dir "$work/data" \
+  --listen "${GANTRY_SERVER#http://}" >"$work/serve.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do
+  curl -sf "$GANTRY_SERVER/healthz" >/dev/null 2>&1 && break
   sleep 0.1
 done
-[ -n "$port" ] || { echo "the local app did not start" >&2; exit 1; }
-app="http://127.0.0.1:$port"
+curl -sf "$GANTRY_SERVER/healthz" >/dev/null || { cat "$work/serve.log" "$work/toy.log" >&2; exit 1; }
+echo "== gantry serve is up at $GANTRY_SERVER (log: $work/serve.log)"
 
-echo "== http-health against $app (allowed by --allow-host)"
-"$gantry" plugin run "$plugins/http_health.wasm" --env staging \
-  --config "url=$app/" --config max_latency_ms=500 --allow-host "$app"
+# wait_for RUN STATUS: polls until the run reaches STATUS (or fails loudly).
+wait_for() {
+  local run=$1 want=$2 status=""
+  for _ in $(seq 300); do
+    status=$("$gantry" runs show "$run" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])')
+    [ "$status" = "$want" ] && return 0
+    case "$status" in succeeded|failed|rolled_back|superseded) break ;; esac
+    sleep 0.1
+  done
+  echo "run $run is $status, expected $want" >&2
+  "$gantry" runs show "$run" >&2
+  exit 1
+}
+run_id() { python3 -c 'import json,sys; print(json.load(sys.stdin)["run"])'; }
 
-echo "== the same gate without the grant: denied, and the denial is logged"
-"$gantry" plugin run "$plugins/http_health.wasm" --env staging --config "url=$app/" || true
+good=3f2a9c1d5e7b8a90c1d2e3f405162738495a6b7c
+bad=9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d
 
-echo "== soak: retry-after until the check has held for 3 s"
-state="$work/soak.state"
-while :; do
-  status=0
-  "$gantry" plugin run "$plugins/soak.wasm" --env staging --config "url=$app/" \
-    --config stable_for=3 --config interval=1 --allow-host "$app" \
-    --state "$state" --save-state "$state" >/dev/null || status=$?
-  [ "$status" -eq 3 ] || break
-  sleep 1
-done
-[ "$status" -eq 0 ] && echo "soak passed"
+echo; echo "== 1. push $good to feature/login: dev deploys and passes its gate"
+dev_run=$("$gantry" submit push --repo acme/web --branch feature/login --sha $good --author alice --json | run_id)
+wait_for "$dev_run" succeeded
+"$gantry" runs show "$dev_run"
+
+echo; echo "== 2. merge into main: staging, then production waits for approval"
+prod_run=$("$gantry" submit merge --repo acme/web --base main --sha $good --author alice --merged-by alice --json | run_id)
+wait_for "$prod_run" waiting
+"$gantry" runs show "$prod_run"
+
+echo; echo "== alice wrote the change, so she may not approve it"
+"$gantry" approve "$prod_run" --env production --as alice --reason "ship it" || true
+
+echo; echo "== 3. bob approves: canary 10/50/100 to success"
+"$gantry" approve "$prod_run" --env production --as bob --reason "reviewed the staging evidence"
+wait_for "$prod_run" succeeded
+"$gantry" runs show "$prod_run"
+"$gantry" evidence $good
+
+echo; echo "== 4. $bad is faulty in production (40% errors); it rolls back at 10%"
+curl -sf -X POST -H 'content-type: application/json' \
+  -d "{\"sha\":\"$bad\",\"error_rate\":0.4}" http://127.0.0.1:7103/faults
+bad_run=$("$gantry" submit merge --repo acme/web --base main --sha $bad --author dave --merged-by dave --json | run_id)
+wait_for "$bad_run" waiting
+"$gantry" approve "$bad_run" --env production --as carol --reason "looks fine in staging"
+wait_for "$bad_run" rolled_back
+"$gantry" runs show "$bad_run"
+"$gantry" evidence $bad
+echo; echo "== production is held until a person releases it"
+curl -sf http://127.0.0.1:7103/health; echo
+"$gantry" release production
+echo; echo "== every run"
+"$gantry" runs list

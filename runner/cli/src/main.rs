@@ -1,6 +1,8 @@
 //! `gantry`: Gantry's command line.
 
+mod client;
 mod plugin;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -18,11 +20,74 @@ enum Command {
     /// Run or inspect a plugin component locally.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Run the API and the workers on the embedded store.
+    Serve(serve::ServeArgs),
+    /// Check pipeline files.
+    Validate(serve::ValidateArgs),
+    /// Submit an event (for the quick start, tests and scripts).
+    Submit {
+        #[command(flatten)]
+        server: client::ServerArgs,
+        #[command(subcommand)]
+        event: client::SubmitCommand,
+    },
+    /// List runs or show one.
+    Runs {
+        #[command(flatten)]
+        server: client::ServerArgs,
+        #[command(subcommand)]
+        command: client::RunsCommand,
+    },
+    /// Approve the approval step a run waits at.
+    Approve {
+        #[command(flatten)]
+        server: client::ServerArgs,
+        #[command(flatten)]
+        args: client::DecideArgs,
+    },
+    /// Reject the approval step a run waits at.
+    Reject {
+        #[command(flatten)]
+        server: client::ServerArgs,
+        #[command(flatten)]
+        args: client::DecideArgs,
+    },
+    /// Show the evidence ledger of a commit.
+    Evidence {
+        #[command(flatten)]
+        server: client::ServerArgs,
+        /// The commit (at least 7 hex digits).
+        sha: String,
+    },
+    /// Clear the hold a rollback left on an environment.
+    Release {
+        #[command(flatten)]
+        server: client::ServerArgs,
+        /// The environment.
+        environment: String,
+        /// The pipeline, when several have this environment.
+        #[arg(long)]
+        pipeline: Option<String>,
+    },
+    /// Dead-lettered messages.
+    Dlq {
+        #[command(flatten)]
+        server: client::ServerArgs,
+        #[command(subcommand)]
+        command: client::DlqCommand,
+    },
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_tracing("error");
+    match &cli.command {
+        Command::Validate(_) => {}
+        Command::Serve(_) => init_tracing("info"),
+        _ => init_tracing("error"),
+    }
+    if let Command::Validate(args) = cli.command {
+        return serve::validate(args);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -36,6 +101,19 @@ fn main() -> std::process::ExitCode {
     let outcome = runtime.block_on(async {
         match cli.command {
             Command::Plugin(command) => plugin::run(command).await,
+            Command::Serve(args) => serve::serve(args).await,
+            Command::Validate(_) => Ok(std::process::ExitCode::SUCCESS),
+            Command::Submit { server, event } => client::submit(server, event).await,
+            Command::Runs { server, command } => client::runs(server, command).await,
+            Command::Approve { server, args } => client::decide(server, args, true).await,
+            Command::Reject { server, args } => client::decide(server, args, false).await,
+            Command::Evidence { server, sha } => client::evidence(server, sha).await,
+            Command::Release {
+                server,
+                environment,
+                pipeline,
+            } => client::release(server, environment, pipeline).await,
+            Command::Dlq { server, command } => client::dlq(server, command).await,
         }
     });
     match outcome {

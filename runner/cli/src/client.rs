@@ -1,0 +1,520 @@
+//! Commands that talk to a running `gantry serve` over its HTTP API.
+
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, anyhow};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+/// Where the server is; shared by every client command.
+#[derive(Args, Clone)]
+pub struct ServerArgs {
+    /// The server's base URL.
+    #[arg(
+        long,
+        global = true,
+        env = "GANTRY_SERVER",
+        default_value = "http://127.0.0.1:8420"
+    )]
+    server: String,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+/// `gantry submit`.
+#[derive(Subcommand)]
+pub enum SubmitCommand {
+    /// A push to a branch.
+    Push {
+        /// `owner/name`.
+        #[arg(long)]
+        repo: String,
+        /// The branch.
+        #[arg(long)]
+        branch: String,
+        /// The commit.
+        #[arg(long)]
+        sha: String,
+        /// The commit author (may not approve it).
+        #[arg(long)]
+        author: Option<String>,
+        /// Delivery id to dedupe on (default: the event's content).
+        #[arg(long)]
+        delivery: Option<String>,
+    },
+    /// A pull request merged into a base branch.
+    Merge {
+        /// `owner/name`.
+        #[arg(long)]
+        repo: String,
+        /// The base branch.
+        #[arg(long)]
+        base: String,
+        /// The merge commit.
+        #[arg(long)]
+        sha: String,
+        /// The PR author (may not approve it).
+        #[arg(long)]
+        author: Option<String>,
+        /// Who merged it (may not approve it).
+        #[arg(long)]
+        merged_by: Option<String>,
+        /// Delivery id to dedupe on (default: the event's content).
+        #[arg(long)]
+        delivery: Option<String>,
+    },
+}
+
+/// `gantry runs`.
+#[derive(Subcommand)]
+pub enum RunsCommand {
+    /// Every run, oldest first.
+    List,
+    /// One run's timeline.
+    Show {
+        /// The run id.
+        id: String,
+    },
+}
+
+/// `gantry approve` / `gantry reject`.
+#[derive(Args)]
+pub struct DecideArgs {
+    /// The run id.
+    run: String,
+    /// The environment whose approval step it waits at.
+    #[arg(long = "env")]
+    environment: String,
+    /// Who decides.
+    #[arg(long = "as")]
+    user: String,
+    /// Why.
+    #[arg(long)]
+    reason: String,
+}
+
+/// `gantry dlq`.
+#[derive(Subcommand)]
+pub enum DlqCommand {
+    /// Dead-lettered messages.
+    List,
+    /// Put one back on the queue (or every one with `--all`).
+    Retry {
+        /// The dead letter's id.
+        id: Option<String>,
+        /// Every dead letter.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    fn new(server: &ServerArgs) -> Self {
+        Client {
+            base: server.server.trim_end_matches('/').to_string(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self
+            .http
+            .request(method.clone(), &url)
+            .timeout(std::time::Duration::from_secs(30));
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(serde_json::to_vec(&body)?);
+        }
+        let response = request.send().await.with_context(|| {
+            format!(
+                "cannot reach gantry at {} (is `gantry serve` running? set --server)",
+                self.base
+            )
+        })?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if status.is_success() {
+            Ok(value)
+        } else {
+            let message = value
+                .get("error")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| value.to_string());
+            Err(anyhow!("{method} {path}: {status}: {message}"))
+        }
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+}
+
+fn print_json(value: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}
+
+/// `gantry submit`.
+pub async fn submit(server: ServerArgs, command: SubmitCommand) -> anyhow::Result<ExitCode> {
+    let (delivery, event) = match command {
+        SubmitCommand::Push {
+            repo,
+            branch,
+            sha,
+            author,
+            delivery,
+        } => (
+            delivery,
+            json!({"kind": "push", "repository": repo, "branch": branch, "sha": sha, "author": author}),
+        ),
+        SubmitCommand::Merge {
+            repo,
+            base,
+            sha,
+            author,
+            merged_by,
+            delivery,
+        } => (
+            delivery,
+            json!({"kind": "merge", "repository": repo, "base": base, "sha": sha, "author": author, "merged_by": merged_by}),
+        ),
+    };
+    let client = Client::new(&server);
+    let mut body = json!({ "event": event });
+    if let Some(d) = delivery {
+        body["delivery"] = json!(d);
+    }
+    let answer = client.post("/api/events", body).await?;
+    if server.json {
+        print_json(&answer);
+    } else {
+        let envs: Vec<&str> = answer["environments"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let run = answer["run"].as_str().unwrap_or("?");
+        if answer["duplicate"].as_bool() == Some(true) {
+            println!("run {run} (duplicate delivery; nothing new started)");
+        } else {
+            println!("run {run} started: {}", envs.join(" → "));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `gantry runs`.
+pub async fn runs(server: ServerArgs, command: RunsCommand) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&server);
+    match command {
+        RunsCommand::List => {
+            let runs = client.get("/api/runs").await?;
+            if server.json {
+                print_json(&runs);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let list = runs.as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                println!("no runs yet");
+            }
+            for run in list {
+                let stage = run["stages"]
+                    .get(run["current"].as_u64().unwrap_or(0) as usize)
+                    .and_then(|s| s["environment"].as_str())
+                    .unwrap_or("-")
+                    .to_string();
+                println!(
+                    "{:<13} {:<12} {:<9} {:<12} {}",
+                    run["id"].as_str().unwrap_or("?"),
+                    run["status"].as_str().unwrap_or("?"),
+                    short(run["artifact"]["commit_sha"].as_str().unwrap_or("")),
+                    stage,
+                    run["reason"].as_str().unwrap_or(""),
+                );
+            }
+        }
+        RunsCommand::Show { id } => {
+            let run = client.get(&format!("/api/runs/{id}")).await?;
+            if server.json {
+                print_json(&run);
+            } else {
+                print!("{}", timeline(&run));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn short(sha: &str) -> &str {
+    sha.get(..7).unwrap_or(sha)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn took(start: &Value, end: &Value) -> String {
+    match (start.as_u64(), end.as_u64()) {
+        (Some(s), Some(e)) => format!("{:.2}s", e.saturating_sub(s) as f64 / 1000.0),
+        (Some(s), None) => format!("{:.1}s so far", now_ms().saturating_sub(s) as f64 / 1000.0),
+        _ => String::new(),
+    }
+}
+
+/// A run as text: its stages and steps, with durations and the wait reason.
+fn timeline(run: &Value) -> String {
+    let mut out = String::new();
+    let event = &run["event"];
+    let origin = match event["kind"].as_str() {
+        Some("push") => format!("push to {}", event["branch"].as_str().unwrap_or("?")),
+        Some("merge") => format!("merge into {}", event["base"].as_str().unwrap_or("?")),
+        _ => "event".to_string(),
+    };
+    out.push_str(&format!(
+        "run {}  {} {}  ({origin})\n",
+        run["id"].as_str().unwrap_or("?"),
+        run["artifact"]["repository"].as_str().unwrap_or("?"),
+        short(run["artifact"]["commit_sha"].as_str().unwrap_or("")),
+    ));
+    out.push_str(&format!(
+        "status: {}",
+        run["status"].as_str().unwrap_or("?")
+    ));
+    if let Some(reason) = run["reason"].as_str() {
+        out.push_str(&format!(" — {reason}"));
+    }
+    out.push('\n');
+    for stage in run["stages"].as_array().cloned().unwrap_or_default() {
+        out.push_str(&format!(
+            "  {:<12} {:<12} {}\n",
+            stage["environment"].as_str().unwrap_or("?"),
+            stage["status"].as_str().unwrap_or("?"),
+            took(&stage["started_ms"], &stage["finished_ms"]),
+        ));
+        for step in stage["steps"].as_array().cloned().unwrap_or_default() {
+            let status = step["status"].as_str().unwrap_or("?");
+            let mark = match status {
+                "passed" => "✓",
+                "failed" => "✗",
+                "waiting" => "…",
+                "running" => "▶",
+                _ => "·",
+            };
+            out.push_str(&format!(
+                "    {mark} {:<12} {:<9} {:<8} {:<10} {}\n",
+                step["name"].as_str().unwrap_or("?"),
+                step["kind"].as_str().unwrap_or("?"),
+                status,
+                took(&step["started_ms"], &step["finished_ms"]),
+                step["detail"].as_str().unwrap_or(""),
+            ));
+            for d in step["decisions"].as_array().cloned().unwrap_or_default() {
+                out.push_str(&format!(
+                    "        {} by {}: {}\n",
+                    if d["approve"].as_bool() == Some(true) {
+                        "approved"
+                    } else {
+                        "rejected"
+                    },
+                    d["by"].as_str().unwrap_or("?"),
+                    d["reason"].as_str().unwrap_or(""),
+                ));
+            }
+        }
+        if let Some(failure) = stage["failure"].as_str() {
+            out.push_str(&format!("    failure: {failure}\n"));
+        }
+    }
+    out
+}
+
+/// `gantry approve` / `gantry reject`.
+pub async fn decide(
+    server: ServerArgs,
+    args: DecideArgs,
+    approve: bool,
+) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&server);
+    let answer = client
+        .post(
+            &format!("/api/runs/{}/decisions", args.run),
+            json!({"environment": args.environment, "user": args.user, "approve": approve, "reason": args.reason}),
+        )
+        .await?;
+    if server.json {
+        print_json(&answer);
+    } else if approve {
+        println!(
+            "{} approved run {} in {} ({} of {}; {} still needed)",
+            args.user,
+            args.run,
+            args.environment,
+            answer["approvals"],
+            answer["required"],
+            answer["still_needed"]
+        );
+    } else {
+        println!(
+            "{} rejected run {} in {}",
+            args.user, args.run, args.environment
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `gantry evidence`.
+pub async fn evidence(server: ServerArgs, sha: String) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&server);
+    let found = client.get(&format!("/api/evidence/{sha}")).await?;
+    if server.json {
+        print_json(&found);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let list = found.as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        println!("no evidence for {sha}");
+        return Ok(ExitCode::from(1));
+    }
+    for ev in list {
+        println!(
+            "{} {}{}",
+            ev["environment"].as_str().unwrap_or("?"),
+            short(ev["sha"].as_str().unwrap_or("")),
+            if ev["complete"].as_bool() == Some(true) {
+                "  (complete)"
+            } else {
+                "  (incomplete)"
+            }
+        );
+        for e in ev["entries"].as_array().cloned().unwrap_or_default() {
+            let observed: Vec<String> = e["observations"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|o| {
+                    format!(
+                        "{}={}",
+                        o[0].as_str().unwrap_or(""),
+                        o[1].as_str().unwrap_or("")
+                    )
+                })
+                .collect();
+            println!(
+                "  {:<10} {:<16} {}{}",
+                e["kind"].as_str().unwrap_or("?"),
+                e["step"].as_str().unwrap_or("?"),
+                e["summary"].as_str().unwrap_or(""),
+                if observed.is_empty() {
+                    String::new()
+                } else {
+                    format!("  [{}]", observed.join(", "))
+                }
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `gantry release`.
+pub async fn release(
+    server: ServerArgs,
+    environment: String,
+    pipeline: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&server);
+    let answer = client
+        .post(
+            &format!("/api/environments/{environment}/release"),
+            json!({"pipeline": pipeline}),
+        )
+        .await?;
+    if server.json {
+        print_json(&answer);
+    } else {
+        println!(
+            "{environment} released (it was held by run {}: {})",
+            answer["was_held_by"].as_str().unwrap_or("?"),
+            answer["reason"].as_str().unwrap_or("")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `gantry dlq`.
+pub async fn dlq(server: ServerArgs, command: DlqCommand) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&server);
+    let list = client.get("/api/dlq").await?;
+    match command {
+        DlqCommand::List => {
+            if server.json {
+                print_json(&list);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let entries = list.as_array().cloned().unwrap_or_default();
+            if entries.is_empty() {
+                println!("the dead-letter list is empty");
+            }
+            for e in entries {
+                println!(
+                    "{:<6} received {}×  {}  last error: {}",
+                    e["id"].as_str().unwrap_or("?"),
+                    e["receive_count"],
+                    e["message"],
+                    e["last_error"].as_str().unwrap_or("-")
+                );
+            }
+        }
+        DlqCommand::Retry { id, all } => {
+            let ids: Vec<String> = match (id, all) {
+                (Some(id), false) => vec![id],
+                (None, true) => list
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|e| e["id"].as_str().map(str::to_string))
+                    .collect(),
+                _ => return Err(anyhow!("give a dead letter id or --all")),
+            };
+            let mut done = Vec::new();
+            for id in ids {
+                done.push(
+                    client
+                        .post(&format!("/api/dlq/{id}/retry"), json!({}))
+                        .await?,
+                );
+            }
+            if server.json {
+                print_json(&Value::Array(done));
+            } else {
+                println!("re-drove {} message(s)", done.len());
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

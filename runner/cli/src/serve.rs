@@ -1,0 +1,205 @@
+//! `gantry serve` and `gantry validate`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use gantry_engine::{CrashPoint, Engine, EngineConfig, HostedPlugins, Metrics};
+use gantry_store::Backend;
+use gantry_store_sqlite::{Options, SqliteBackend};
+
+/// `gantry serve`.
+#[derive(Args)]
+pub struct ServeArgs {
+    /// A pipeline file; repeat for several repositories.
+    #[arg(long, required = true)]
+    config: Vec<PathBuf>,
+    /// Where the API listens.
+    #[arg(long, default_value = "127.0.0.1:8420")]
+    listen: SocketAddr,
+    /// Where the embedded store (one SQLite file) lives.
+    #[arg(long, default_value = ".gantry", env = "GANTRY_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Handlers running at once.
+    #[arg(long, default_value_t = 32)]
+    workers: usize,
+    /// A message received this many times goes to the dead-letter list.
+    #[arg(long, default_value_t = 5)]
+    max_receives: u32,
+    /// fsync every commit (survives power loss, slower).
+    #[arg(long)]
+    fsync: bool,
+    /// A file of `NAME=value` lines for environment secrets.
+    #[arg(long)]
+    secrets_file: Option<PathBuf>,
+    /// Compiled-plugin cache directory.
+    #[arg(long, env = "GANTRY_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+}
+
+/// `gantry validate`.
+#[derive(Args)]
+pub struct ValidateArgs {
+    /// Pipeline files.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+}
+
+/// Checks pipeline files; prints every problem with its line and column.
+pub fn validate(args: ValidateArgs) -> ExitCode {
+    let mut ok = true;
+    for file in &args.files {
+        match gantry_pipeline::load(file) {
+            Ok(p) => println!(
+                "{}: pipeline `{}` is valid ({} environments, {} plugins)",
+                file.display(),
+                p.name,
+                p.environments.len(),
+                p.plugins.len()
+            ),
+            Err(e) => {
+                ok = false;
+                eprintln!("{e}");
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn read_secrets(path: &Path) -> anyhow::Result<BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--secrets-file {}", path.display()))?;
+    let mut secrets = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((name, value)) = line.split_once('=') else {
+            bail!("{}:{}: expected NAME=value", path.display(), i + 1);
+        };
+        secrets.insert(name.trim().to_string(), value.to_string());
+    }
+    Ok(secrets)
+}
+
+/// `GANTRY_CRASH_AT=checkpoint:N` or `effect:N`: a test hook that SIGKILLs
+/// the process at the N-th checkpoint or right after the N-th side effect.
+fn crash_at() -> anyhow::Result<Option<(CrashPoint, u64)>> {
+    let Ok(spec) = std::env::var("GANTRY_CRASH_AT") else {
+        return Ok(None);
+    };
+    let parsed = spec.split_once(':').and_then(|(point, n)| {
+        let point = match point {
+            "checkpoint" => CrashPoint::Checkpoint,
+            "effect" => CrashPoint::EffectDone,
+            _ => return None,
+        };
+        Some((point, n.parse().ok()?))
+    });
+    match parsed {
+        Some(p) => Ok(Some(p)),
+        None => bail!("GANTRY_CRASH_AT=`{spec}`: expected checkpoint:N or effect:N"),
+    }
+}
+
+/// Runs the API and the worker pool until SIGINT or SIGTERM.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut pipelines = Vec::new();
+    for file in &args.config {
+        match gantry_pipeline::load(file) {
+            Ok(p) => pipelines.push(p),
+            Err(e) => {
+                eprintln!("{e}");
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+    let secrets = match &args.secrets_file {
+        Some(path) => read_secrets(path)?,
+        None => BTreeMap::new(),
+    };
+    let backend: Arc<dyn Backend> = Arc::new(
+        SqliteBackend::open(
+            &args.data_dir,
+            Options {
+                max_receives: args.max_receives,
+                fsync_every_commit: args.fsync,
+            },
+        )
+        .with_context(|| format!("--data-dir {}", args.data_dir.display()))?,
+    );
+    let metrics = Arc::new(Metrics::default());
+    let cache_dir = args
+        .cache_dir
+        .clone()
+        .or_else(|| Some(args.data_dir.join("plugin-cache")));
+    let plugins =
+        HostedPlugins::load(&pipelines, cache_dir, metrics.clone()).map_err(anyhow::Error::msg)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("--listen {}", args.listen))?;
+    let local = listener.local_addr()?;
+    let engine = Arc::new(Engine::new(
+        backend,
+        pipelines,
+        Arc::new(plugins),
+        metrics,
+        EngineConfig {
+            public_url: Some(format!("http://{local}")),
+            crash_at: crash_at()?,
+            secrets,
+            ..EngineConfig::default()
+        },
+    ));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let workers = tokio::spawn(gantry_engine::worker::run(
+        engine.clone(),
+        args.workers,
+        stop_rx,
+    ));
+    eprintln!(
+        "gantry serving {} pipeline(s) on http://{local} (data in {})",
+        engine.pipelines().len(),
+        args.data_dir.display()
+    );
+    axum::serve(listener, gantry_api::app(engine))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("the API server failed")?;
+    let _ = stop_tx.send(true);
+    let _ = workers.await;
+    eprintln!("gantry stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

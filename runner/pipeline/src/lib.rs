@@ -1,0 +1,10 @@
+//! The pipeline file (`gantry.yaml`): what a pipeline promotes, through which
+//! environments, with which steps. [`load`] parses and checks it; every
+//! problem names the line, the column and the field.
+
+mod load;
+mod locate;
+mod model;
+
+pub use load::{Error, Problem, load, parse};
+pub use model::*;

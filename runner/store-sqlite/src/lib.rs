@@ -1,0 +1,576 @@
+//! The embedded backend: one SQLite file in WAL mode under the data dir.
+//!
+//! - `items(key, value, version)`: the [`Store`].
+//! - `messages(id, body, visible_at, receive_count, receipt, in_flight,
+//!   last_error)`: the [`Queue`]; a delayed message is a row whose
+//!   `visible_at` is in the future, so timers survive restarts.
+//! - `dead_letters`: messages received `max_receives` times.
+//!
+//! [`Backend::checkpoint`] runs in one transaction. The data dir is locked,
+//! so one process owns the file; on open, messages that were in flight in a
+//! previous process become visible again at once.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use gantry_store::{
+    Backend, Checkpoint, DeadLetter, Depth, Error, Item, Outgoing, Precondition, Queue, Receipt,
+    Received, Store, Write,
+};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::Notify;
+
+/// How the backend behaves.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// A message received this many times goes to the dead-letter list on
+    /// its next receive.
+    pub max_receives: u32,
+    /// `true`: fsync on every commit (`synchronous=FULL`), surviving power
+    /// loss. `false` (default): `synchronous=NORMAL`, which in WAL mode
+    /// survives a process crash but may lose the last commits on power loss.
+    pub fsync_every_commit: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            max_receives: 5,
+            fsync_every_commit: false,
+        }
+    }
+}
+
+/// State and queue in `<data-dir>/gantry.db`.
+pub struct SqliteBackend {
+    conn: Arc<Mutex<Connection>>,
+    options: Options,
+    arrived: Arc<Notify>,
+    path: PathBuf,
+    _lock: File,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn db_error(e: rusqlite::Error) -> Error {
+    Error::Unavailable(e.to_string())
+}
+
+fn parse_receipt(receipt: &Receipt) -> Result<(i64, i64), Error> {
+    receipt
+        .0
+        .split_once(':')
+        .and_then(|(id, nonce)| Some((id.parse().ok()?, nonce.parse().ok()?)))
+        .ok_or_else(|| Error::StaleReceipt {
+            message: receipt.0.clone(),
+        })
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS items (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL,
+    version INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    body BLOB NOT NULL,
+    visible_at INTEGER NOT NULL,
+    receive_count INTEGER NOT NULL DEFAULT 0,
+    receipt INTEGER NOT NULL DEFAULT 0,
+    in_flight INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS messages_due ON messages(visible_at);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY,
+    body BLOB NOT NULL,
+    receive_count INTEGER NOT NULL,
+    last_error TEXT,
+    dead_at INTEGER NOT NULL
+);
+";
+
+impl SqliteBackend {
+    /// Opens (creating if needed) `<data_dir>/gantry.db`, locking the data
+    /// dir against a second process.
+    pub fn open(data_dir: &Path, options: Options) -> Result<Self, Error> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            Error::Unavailable(format!("cannot create {}: {e}", data_dir.display()))
+        })?;
+        let lock_path = data_dir.join("gantry.lock");
+        let lock = File::create(&lock_path).map_err(|e| {
+            Error::Unavailable(format!("cannot create {}: {e}", lock_path.display()))
+        })?;
+        lock.try_lock().map_err(|_| {
+            Error::Unavailable(format!(
+                "{} is in use by another gantry process",
+                data_dir.display()
+            ))
+        })?;
+        let path = data_dir.join("gantry.db");
+        let conn = Connection::open(&path).map_err(db_error)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db_error)?;
+        conn.pragma_update(
+            None,
+            "synchronous",
+            if options.fsync_every_commit {
+                "FULL"
+            } else {
+                "NORMAL"
+            },
+        )
+        .map_err(db_error)?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(db_error)?;
+        conn.execute_batch(SCHEMA).map_err(db_error)?;
+        let revived = conn
+            .execute(
+                "UPDATE messages SET visible_at = ?1, in_flight = 0 WHERE in_flight = 1",
+                params![now_ms()],
+            )
+            .map_err(db_error)?;
+        if revived > 0 {
+            tracing::info!(
+                messages = revived,
+                "messages in flight at the last stop are visible again"
+            );
+        }
+        Ok(SqliteBackend {
+            conn: Arc::new(Mutex::new(conn)),
+            options,
+            arrived: Arc::new(Notify::new()),
+            path,
+            _lock: lock,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection, Options) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let conn = self.conn.clone();
+        let options = self.options;
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn
+                .lock()
+                .map_err(|_| Error::Unavailable("the database lock is poisoned".into()))?;
+            f(&mut conn, options)
+        })
+        .await
+        .map_err(|e| Error::Unavailable(format!("database task failed: {e}")))?
+    }
+}
+
+fn apply_writes(tx: &rusqlite::Transaction, writes: &[Write]) -> Result<Vec<u64>, Error> {
+    let mut versions = Vec::with_capacity(writes.len());
+    for w in writes {
+        let current: Option<i64> = tx
+            .query_row(
+                "SELECT version FROM items WHERE key = ?1",
+                params![w.key],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_error)?;
+        let ok = match (w.precondition, current) {
+            (Precondition::None, _) => true,
+            (Precondition::DoesNotExist, c) => c.is_none(),
+            (Precondition::MatchesVersion(v), Some(c)) => c as u64 == v,
+            (Precondition::MatchesVersion(_), None) => false,
+        };
+        if !ok {
+            return Err(Error::Conflict {
+                key: w.key.clone(),
+                expected: match w.precondition {
+                    Precondition::None => "nothing".into(),
+                    Precondition::DoesNotExist => "no item".into(),
+                    Precondition::MatchesVersion(v) => format!(
+                        "version {v}, found {}",
+                        current.map_or("none".to_string(), |c| c.to_string())
+                    ),
+                },
+            });
+        }
+        match &w.value {
+            Some(value) => {
+                let version = current.unwrap_or(0) + 1;
+                tx.execute(
+                    "INSERT INTO items (key, value, version) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(key) DO UPDATE SET value = excluded.value, version = excluded.version",
+                    params![w.key, value, version],
+                )
+                .map_err(db_error)?;
+                versions.push(version as u64);
+            }
+            None => {
+                tx.execute("DELETE FROM items WHERE key = ?1", params![w.key])
+                    .map_err(db_error)?;
+                versions.push(0);
+            }
+        }
+    }
+    Ok(versions)
+}
+
+fn insert_messages(tx: &rusqlite::Transaction, messages: &[Outgoing]) -> Result<Vec<i64>, Error> {
+    let now = now_ms();
+    let mut ids = Vec::with_capacity(messages.len());
+    let mut stmt = tx
+        .prepare_cached("INSERT INTO messages (body, visible_at) VALUES (?1, ?2)")
+        .map_err(db_error)?;
+    for m in messages {
+        stmt.execute(params![m.body, now + m.delay.as_millis() as i64])
+            .map_err(db_error)?;
+        ids.push(tx.last_insert_rowid());
+    }
+    Ok(ids)
+}
+
+/// Deletes the message `receipt` owns; stale when it does not own it.
+fn ack_in(tx: &rusqlite::Transaction, receipt: &Receipt) -> Result<(), Error> {
+    let (id, nonce) = parse_receipt(receipt)?;
+    let n = tx
+        .execute(
+            "DELETE FROM messages WHERE id = ?1 AND receipt = ?2 AND in_flight = 1",
+            params![id, nonce],
+        )
+        .map_err(db_error)?;
+    if n == 1 {
+        Ok(())
+    } else {
+        Err(Error::StaleReceipt {
+            message: id.to_string(),
+        })
+    }
+}
+
+#[async_trait]
+impl Store for SqliteBackend {
+    async fn get(&self, key: &str) -> Result<Option<Item>, Error> {
+        let key = key.to_string();
+        self.with(move |conn, _| {
+            conn.prepare_cached("SELECT value, version FROM items WHERE key = ?1")
+                .and_then(|mut s| {
+                    s.query_row(params![key], |r| {
+                        Ok(Item {
+                            key: key.clone(),
+                            value: r.get(0)?,
+                            version: r.get::<_, i64>(1)? as u64,
+                        })
+                    })
+                    .optional()
+                })
+                .map_err(db_error)
+        })
+        .await
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Item>, Error> {
+        let prefix = prefix.to_string();
+        let after = after.unwrap_or("").to_string();
+        self.with(move |conn, _| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT key, value, version FROM items
+                     WHERE substr(key, 1, length(?1)) = ?1 AND key > ?2
+                     ORDER BY key LIMIT ?3",
+                )
+                .map_err(db_error)?;
+            let rows = stmt
+                .query_map(params![prefix, after, limit as i64], |r| {
+                    Ok(Item {
+                        key: r.get(0)?,
+                        value: r.get(1)?,
+                        version: r.get::<_, i64>(2)? as u64,
+                    })
+                })
+                .map_err(db_error)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db_error)
+        })
+        .await
+    }
+
+    async fn write(&self, writes: Vec<Write>) -> Result<Vec<u64>, Error> {
+        self.with(move |conn, _| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_error)?;
+            let versions = apply_writes(&tx, &writes)?;
+            tx.commit().map_err(db_error)?;
+            Ok(versions)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Queue for SqliteBackend {
+    async fn send(&self, message: Outgoing) -> Result<String, Error> {
+        let ids = self
+            .with(move |conn, _| {
+                let tx = conn.transaction().map_err(db_error)?;
+                let ids = insert_messages(&tx, std::slice::from_ref(&message))?;
+                tx.commit().map_err(db_error)?;
+                Ok(ids)
+            })
+            .await?;
+        self.arrived.notify_waiters();
+        Ok(ids.first().map(|id| id.to_string()).unwrap_or_default())
+    }
+
+    async fn receive(
+        &self,
+        max: usize,
+        visibility: Duration,
+        wait: Duration,
+    ) -> Result<Vec<Received>, Error> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Register interest before looking, so a send between the look
+            // and the wait is not missed.
+            let arrived = self.arrived.clone();
+            let notified = arrived.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (got, next_due) = self
+                .with(move |conn, options| receive_now(conn, options, max, visibility))
+                .await?;
+            if !got.is_empty() {
+                return Ok(got);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(got);
+            }
+            let mut until = deadline;
+            if let Some(due_ms) = next_due {
+                let in_ms = (due_ms - now_ms()).max(0) as u64;
+                until = until.min(now + Duration::from_millis(in_ms));
+            }
+            let _ = tokio::time::timeout_at(until, notified).await;
+        }
+    }
+
+    async fn ack(&self, receipt: &Receipt) -> Result<(), Error> {
+        let receipt = receipt.clone();
+        self.with(move |conn, _| {
+            let tx = conn.transaction().map_err(db_error)?;
+            ack_in(&tx, &receipt)?;
+            tx.commit().map_err(db_error)
+        })
+        .await
+    }
+
+    async fn release(&self, receipt: &Receipt, delay: Duration, error: &str) -> Result<(), Error> {
+        let (id, nonce) = parse_receipt(receipt)?;
+        let error = error.to_string();
+        self.with(move |conn, _| {
+            let n = conn
+                .execute(
+                    "UPDATE messages SET visible_at = ?3, in_flight = 0, last_error = ?4
+                     WHERE id = ?1 AND receipt = ?2 AND in_flight = 1",
+                    params![id, nonce, now_ms() + delay.as_millis() as i64, error],
+                )
+                .map_err(db_error)?;
+            if n == 1 {
+                Ok(())
+            } else {
+                Err(Error::StaleReceipt {
+                    message: id.to_string(),
+                })
+            }
+        })
+        .await?;
+        self.arrived.notify_waiters();
+        Ok(())
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, Error> {
+        self.with(move |conn, _| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT id, body, receive_count, last_error, dead_at FROM dead_letters
+                     ORDER BY dead_at, id LIMIT ?1",
+                )
+                .map_err(db_error)?;
+            let rows = stmt
+                .query_map(params![limit as i64], |r| {
+                    Ok(DeadLetter {
+                        id: r.get::<_, i64>(0)?.to_string(),
+                        body: r.get(1)?,
+                        receive_count: r.get(2)?,
+                        last_error: r.get(3)?,
+                        dead_at_ms: r.get::<_, i64>(4)? as u64,
+                    })
+                })
+                .map_err(db_error)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db_error)
+        })
+        .await
+    }
+
+    async fn redrive(&self, id: &str) -> Result<bool, Error> {
+        let Ok(id) = id.parse::<i64>() else {
+            return Ok(false);
+        };
+        let moved = self
+            .with(move |conn, _| {
+                let tx = conn.transaction().map_err(db_error)?;
+                let n = tx
+                    .execute(
+                        "INSERT INTO messages (body, visible_at)
+                         SELECT body, ?2 FROM dead_letters WHERE id = ?1",
+                        params![id, now_ms()],
+                    )
+                    .map_err(db_error)?;
+                tx.execute("DELETE FROM dead_letters WHERE id = ?1", params![id])
+                    .map_err(db_error)?;
+                tx.commit().map_err(db_error)?;
+                Ok(n == 1)
+            })
+            .await?;
+        if moved {
+            self.arrived.notify_waiters();
+        }
+        Ok(moved)
+    }
+
+    async fn depth(&self) -> Result<Depth, Error> {
+        self.with(move |conn, _| {
+            let now = now_ms();
+            conn.query_row(
+                "SELECT
+                    (SELECT count(*) FROM messages WHERE in_flight = 0 AND visible_at <= ?1),
+                    (SELECT count(*) FROM messages WHERE in_flight = 0 AND visible_at > ?1),
+                    (SELECT count(*) FROM messages WHERE in_flight = 1),
+                    (SELECT count(*) FROM dead_letters)",
+                params![now],
+                |r| {
+                    Ok(Depth {
+                        visible: r.get::<_, i64>(0)? as u64,
+                        delayed: r.get::<_, i64>(1)? as u64,
+                        in_flight: r.get::<_, i64>(2)? as u64,
+                        dead: r.get::<_, i64>(3)? as u64,
+                    })
+                },
+            )
+            .map_err(db_error)
+        })
+        .await
+    }
+}
+
+/// Takes up to `max` due messages; dead-letters the ones received too often.
+/// Also returns when the next invisible message becomes due, if any.
+fn receive_now(
+    conn: &mut Connection,
+    options: Options,
+    max: usize,
+    visibility: Duration,
+) -> Result<(Vec<Received>, Option<i64>), Error> {
+    let now = now_ms();
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db_error)?;
+    let mut got = Vec::new();
+    {
+        let mut due = tx
+            .prepare_cached(
+                "SELECT id, body, receive_count, last_error FROM messages
+                 WHERE visible_at <= ?1 ORDER BY visible_at, id LIMIT ?2",
+            )
+            .map_err(db_error)?;
+        let rows: Vec<(i64, Vec<u8>, u32, Option<String>)> = due
+            .query_map(params![now, max as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .map_err(db_error)?
+            .collect::<Result<_, _>>()
+            .map_err(db_error)?;
+        for (id, body, count, last_error) in rows {
+            if count >= options.max_receives {
+                tx.execute(
+                    "INSERT INTO dead_letters (id, body, receive_count, last_error, dead_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![id, body, count, last_error, now],
+                )
+                .map_err(db_error)?;
+                tx.execute("DELETE FROM messages WHERE id = ?1", params![id])
+                    .map_err(db_error)?;
+                tracing::warn!(
+                    message = id,
+                    receives = count,
+                    error = last_error.as_deref().unwrap_or(""),
+                    "message dead-lettered"
+                );
+                continue;
+            }
+            let nonce = count as i64 + 1;
+            tx.execute(
+                "UPDATE messages SET visible_at = ?2, receive_count = ?3, receipt = ?3, in_flight = 1
+                 WHERE id = ?1",
+                params![id, now + visibility.as_millis() as i64, nonce],
+            )
+            .map_err(db_error)?;
+            got.push(Received {
+                id: id.to_string(),
+                receipt: Receipt(format!("{id}:{nonce}")),
+                body,
+                receive_count: nonce as u32,
+            });
+        }
+    }
+    let next_due: Option<i64> = if got.is_empty() {
+        tx.query_row("SELECT min(visible_at) FROM messages", [], |r| r.get(0))
+            .map_err(db_error)?
+    } else {
+        None
+    };
+    tx.commit().map_err(db_error)?;
+    Ok((got, next_due))
+}
+
+#[async_trait]
+impl Backend for SqliteBackend {
+    async fn checkpoint(&self, checkpoint: Checkpoint) -> Result<Vec<u64>, Error> {
+        let sends = !checkpoint.send.is_empty();
+        let versions = self
+            .with(move |conn, _| {
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(db_error)?;
+                if let Some(receipt) = &checkpoint.ack {
+                    ack_in(&tx, receipt)?;
+                }
+                let versions = apply_writes(&tx, &checkpoint.writes)?;
+                insert_messages(&tx, &checkpoint.send)?;
+                tx.commit().map_err(db_error)?;
+                Ok(versions)
+            })
+            .await?;
+        if sends {
+            self.arrived.notify_waiters();
+        }
+        Ok(versions)
+    }
+}

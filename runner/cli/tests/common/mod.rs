@@ -1,0 +1,247 @@
+//! A harness that runs the real `gantry serve` binary against the example
+//! pipeline, with the toy app in this test process (so it outlives restarts
+//! of the server and counts effects per idempotency key).
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gantry_toy_app::Shared;
+use serde_json::{Value, json};
+
+pub const GOOD: &str = "3f2a9c1d5e7b8a90c1d2e3f405162738495a6b7c";
+pub const BAD: &str = "9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d";
+
+/// A running `gantry serve`.
+pub struct Server {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// Its stderr, line by line.
+    pub lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// How many `checkpoint` log lines it printed.
+    pub fn checkpoints(&self) -> usize {
+        self.lines
+            .lock()
+            .map(|l| l.iter().filter(|l| l.contains("checkpoint")).count())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Toy apps, a pipeline file pointing at them, a data dir and a server.
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub apps: BTreeMap<String, (SocketAddr, Shared)>,
+    pub server: Option<Server>,
+    pub http: reqwest::Client,
+    pub max_receives: u32,
+}
+
+/// The example pipeline with the toy apps' real ports and absolute plugin
+/// paths; `edit` may change the text further.
+pub fn example_pipeline(
+    apps: &BTreeMap<String, (SocketAddr, Shared)>,
+    edit: impl Fn(String) -> String,
+) -> String {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/example/gantry.yaml"
+    ))
+    .expect("example pipeline");
+    let plugins = gantry_tests::plugin("http-health")
+        .parent()
+        .expect("plugin dir")
+        .display()
+        .to_string();
+    let mut text = text.replace("../../plugins/target/wasm32-wasip2/release", &plugins);
+    for (env, port) in [("dev", 7101), ("staging", 7102), ("production", 7103)] {
+        let addr = apps[env].0;
+        text = text.replace(&format!("127.0.0.1:{port}"), &addr.to_string());
+    }
+    edit(text)
+}
+
+impl Harness {
+    /// Starts the toy apps and writes the pipeline (`edit` may change it).
+    pub async fn new(edit: impl Fn(String) -> String) -> Self {
+        let mut apps = BTreeMap::new();
+        for env in ["dev", "staging", "production"] {
+            let app = gantry_toy_app::spawn("127.0.0.1:0".parse().expect("addr"))
+                .await
+                .expect("toy app");
+            apps.insert(env.to_string(), app);
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("gantry.yaml");
+        std::fs::write(&config, example_pipeline(&apps, edit)).expect("write pipeline");
+        Harness {
+            dir,
+            config,
+            apps,
+            server: None,
+            http: reqwest::Client::new(),
+            max_receives: 5,
+        }
+    }
+
+    /// Starts `gantry serve` with extra env vars and waits for it to listen.
+    pub fn start(&mut self, env: &[(&str, String)]) {
+        self.server = None;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gantry"));
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .arg("--cache-dir")
+            .arg(self.dir.path().join("cache"))
+            .arg("--max-receives")
+            .arg(self.max_receives.to_string())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn gantry serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split(" on http://").nth(1)
+                    && line.starts_with("gantry serving")
+                {
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                    let _ = tx.send(addr);
+                }
+                if let Ok(mut l) = sink.lock() {
+                    l.push(line);
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "gantry serve did not start:\n{}",
+                    lines.lock().map(|l| l.join("\n")).unwrap_or_default()
+                )
+            });
+        self.server = Some(Server {
+            child,
+            base: format!("http://{addr}"),
+            lines,
+        });
+    }
+
+    /// The running server.
+    pub fn server(&mut self) -> &mut Server {
+        self.server.as_mut().expect("server started")
+    }
+
+    /// Calls the API: `Err` when the server cannot be reached.
+    pub async fn try_api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), reqwest::Error> {
+        let base = &self.server.as_ref().expect("server started").base;
+        let mut req = self
+            .http
+            .request(method, format!("{base}{path}"))
+            .timeout(Duration::from_secs(10));
+        if let Some(body) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(serde_json::to_vec(&body).expect("json"));
+        }
+        let response = req.send().await?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await?;
+        let value = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
+        Ok((status, value))
+    }
+
+    /// Calls the API; panics when the server cannot be reached.
+    pub async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        self.try_api(method, path, body)
+            .await
+            .expect("API reachable")
+    }
+
+    /// Submits an event; returns the answer.
+    pub async fn submit(&self, event: Value) -> (u16, Value) {
+        self.api(
+            reqwest::Method::POST,
+            "/api/events",
+            Some(json!({ "event": event })),
+        )
+        .await
+    }
+
+    /// Polls run `id` until `accept` holds; panics with the run after 30 s.
+    pub async fn wait_run(&self, id: &str, what: &str, accept: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, run) = self
+                .api(reqwest::Method::GET, &format!("/api/runs/{id}"), None)
+                .await;
+            if status == 200 && accept(&run) {
+                return run;
+            }
+            if Instant::now() > deadline {
+                panic!("run {id} never became {what}: {run:#}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Polls until run `id` has status `want`.
+    pub async fn wait_status(&self, id: &str, want: &str) -> Value {
+        self.wait_run(id, want, |r| r["status"] == want).await
+    }
+
+    /// The toy app of `env`.
+    pub fn app(&self, env: &str) -> gantry_toy_app::AppState {
+        self.apps[env].1.lock().expect("toy state").clone()
+    }
+}
+
+pub fn push(sha: &str, author: &str) -> Value {
+    json!({"kind": "push", "repository": "acme/web", "branch": "feature/x", "sha": sha, "author": author})
+}
+
+pub fn merge(sha: &str, author: &str) -> Value {
+    json!({"kind": "merge", "repository": "acme/web", "base": "main", "sha": sha, "author": author, "merged_by": author})
+}

@@ -1,0 +1,264 @@
+//! The example flow on the real binary: promotion with approval, automatic
+//! rollback with a hold, dedupe of repeated events, and dead letters.
+
+mod common;
+
+use common::*;
+use reqwest::Method;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promotes_through_approval_then_rolls_back_a_faulty_artifact_and_holds() {
+    let mut h = Harness::new(|t| t).await;
+    h.start(&[]);
+
+    // 1. A push deploys dev and passes its gate.
+    let (status, sub) = h.submit(push(GOOD, "alice")).await;
+    assert_eq!(status, 202, "{sub}");
+    let dev = h
+        .wait_status(sub["run"].as_str().expect("run"), "succeeded")
+        .await;
+    assert_eq!(dev["stages"][0]["environment"], "dev");
+    assert_eq!(h.app("dev").stable.as_deref(), Some(GOOD));
+
+    // 2. A merge goes through staging and waits for approval in production.
+    let (_, sub) = h.submit(merge(GOOD, "alice")).await;
+    let run = sub["run"].as_str().expect("run").to_string();
+    let waiting = h.wait_status(&run, "waiting").await;
+    assert_eq!(waiting["stages"][0]["status"], "succeeded");
+    assert_eq!(waiting["stages"][1]["steps"][1]["status"], "waiting");
+    assert!(
+        h.app("production").stable.is_none(),
+        "deployed before approval"
+    );
+
+    // The author may not approve; neither may a stranger.
+    let decide = |user: &str| json!({"environment": "production", "user": user, "approve": true, "reason": "ok"});
+    let path = format!("/api/runs/{run}/decisions");
+    let (status, err) = h.api(Method::POST, &path, Some(decide("alice"))).await;
+    assert_eq!(status, 403, "{err}");
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("wrote or merged"),
+        "{err}"
+    );
+    let (status, _) = h.api(Method::POST, &path, Some(decide("mallory"))).await;
+    assert_eq!(status, 403);
+    let (status, ok) = h.api(Method::POST, &path, Some(decide("bob"))).await;
+    assert_eq!(status, 200, "{ok}");
+    let done = h.wait_status(&run, "succeeded").await;
+    let canary = &done["stages"][1]["steps"][2];
+    assert_eq!(canary["status"], "passed", "{canary}");
+    assert_eq!(h.app("production").stable.as_deref(), Some(GOOD));
+    let keys: Vec<String> = h.app("production").effects.keys().cloned().collect();
+    assert_eq!(keys.len(), 3, "one deploy per canary weight: {keys:?}");
+
+    // 3. A faulty artifact fails its gate at 10% and rolls back.
+    h.apps["production"]
+        .1
+        .lock()
+        .expect("toy")
+        .faults
+        .insert(BAD.into(), 0.4);
+    let (_, sub) = h.submit(merge(BAD, "dave")).await;
+    let bad = sub["run"].as_str().expect("run").to_string();
+    h.wait_status(&bad, "waiting").await;
+    let (status, _) = h
+        .api(
+            Method::POST,
+            &format!("/api/runs/{bad}/decisions"),
+            Some(decide("carol")),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let rolled = h.wait_status(&bad, "rolled_back").await;
+    assert!(
+        rolled["reason"].as_str().unwrap_or("").contains("at 10%"),
+        "{rolled}"
+    );
+    let prod = h.app("production");
+    assert_eq!(prod.stable.as_deref(), Some(GOOD), "not rolled back");
+    assert!(prod.canary.is_none());
+
+    // Its evidence says why, with the observed value.
+    let (_, evidence) = h
+        .api(Method::GET, &format!("/api/evidence/{BAD}"), None)
+        .await;
+    let production = evidence
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["environment"] == "production"))
+        .expect("production evidence");
+    assert_eq!(production["complete"], false);
+    let entries = production["entries"].as_array().expect("entries");
+    assert!(entries.iter().any(|e| e["kind"] == "gate"
+        && e["observations"].to_string().contains("error_rate")
+        && e["summary"].as_str().unwrap_or("").starts_with("fail")));
+    assert!(entries.iter().any(|e| e["kind"] == "rollback"));
+
+    // Production is held: another artifact waits for `release`.
+    let (_, envs) = h.api(Method::GET, "/api/environments", None).await;
+    let held = envs
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["environment"] == "production"))
+        .expect("production");
+    assert_eq!(held["state"]["held"]["run"], bad.as_str());
+    let next_sha = "1111111aaaaaaa2222222bbbbbbb333333344444";
+    let (_, sub) = h.submit(merge(next_sha, "erin")).await;
+    let next = sub["run"].as_str().expect("run").to_string();
+    let queued = h
+        .wait_run(&next, "queued behind the hold", |r| {
+            r["status"] == "waiting" && r["reason"].as_str().unwrap_or("").contains("held")
+        })
+        .await;
+    assert_eq!(queued["stages"][1]["status"], "queued");
+    let (status, released) = h
+        .api(Method::POST, "/api/environments/production/release", None)
+        .await;
+    assert_eq!(status, 200, "{released}");
+    h.wait_run(&next, "waiting for approval", |r| {
+        r["stages"][1]["steps"][1]["status"] == "waiting"
+    })
+    .await;
+    let (status, _) = h
+        .api(Method::POST, "/api/environments/production/release", None)
+        .await;
+    assert_eq!(status, 409, "releasing twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_event_twice_or_ten_times_at_once_is_one_run() {
+    let mut h = Harness::new(|t| t).await;
+    h.start(&[]);
+    let event = json!({"delivery": "gh-1234", "event": push(GOOD, "alice")});
+    let (first, a) = h
+        .api(Method::POST, "/api/events", Some(event.clone()))
+        .await;
+    let (second, b) = h.api(Method::POST, "/api/events", Some(event)).await;
+    assert_eq!((first, second), (202, 200));
+    assert_eq!(a["run"], b["run"]);
+    assert_eq!(b["duplicate"], true);
+
+    let burst = json!({"delivery": "gh-5678", "event": push(BAD, "bob")});
+    let mut calls = Vec::new();
+    for _ in 0..10 {
+        let (h2, body) = (&h, burst.clone());
+        calls.push(async move { h2.api(Method::POST, "/api/events", Some(body)).await });
+    }
+    let answers = futures_join(calls).await;
+    let accepted = answers.iter().filter(|(s, _)| *s == 202).count();
+    assert_eq!(accepted, 1, "{answers:?}");
+    let runs: std::collections::BTreeSet<String> = answers
+        .iter()
+        .map(|(_, v)| v["run"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(runs.len(), 1);
+    let run = runs.into_iter().next().expect("run");
+    h.wait_status(&run, "succeeded").await;
+    h.wait_status(a["run"].as_str().expect("run"), "succeeded")
+        .await;
+    let (_, all) = h.api(Method::GET, "/api/runs", None).await;
+    assert_eq!(all.as_array().map(Vec::len), Some(2), "{all}");
+}
+
+/// Polls every future together on this task; results in completion order.
+async fn futures_join<F: std::future::Future<Output = T>, T>(calls: Vec<F>) -> Vec<T> {
+    let results = std::sync::Mutex::new(Vec::new());
+    let futures: Vec<_> = calls
+        .into_iter()
+        .map(|f| {
+            let results = &results;
+            async move {
+                let r = f.await;
+                results.lock().expect("results").push(r);
+            }
+        })
+        .collect();
+    join_all(futures).await;
+    results.into_inner().expect("results")
+}
+
+async fn join_all<F: std::future::Future<Output = ()>>(futures: Vec<F>) {
+    let mut pinned: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    std::future::poll_fn(|cx| {
+        pinned.retain_mut(|f| f.as_mut().poll(cx).is_pending());
+        if pinned.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_that_always_traps_is_dead_lettered_while_other_runs_flow_and_can_be_redriven() {
+    // dev's gate is the hostile plugin in trap mode; staging is unchanged.
+    let mut h = Harness::new(|t| {
+        let hostile = gantry_tests::plugin("hostile").display().to_string();
+        t.replacen(
+            "  log:\n",
+            &format!("  hostile:\n    component: {hostile}\n  log:\n"),
+            1,
+        )
+        .replacen(
+            "          name: smoke\n          plugin: http-health\n          with: { url: \"http://127.0.0.1",
+            "          name: smoke\n          plugin: hostile\n          with: { mode: trap, url: \"http://127.0.0.1",
+            1,
+        )
+    })
+    .await;
+    h.max_receives = 3;
+    h.start(&[]);
+    let (_, poisoned) = h.submit(push(GOOD, "alice")).await;
+    let poisoned = poisoned["run"].as_str().expect("run").to_string();
+    let (_, healthy) = h.submit(merge(BAD, "bob")).await;
+    let healthy = healthy["run"].as_str().expect("run").to_string();
+    h.wait_status(&healthy, "waiting").await;
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let dead = loop {
+        let (_, dead) = h.api(Method::GET, "/api/dlq", None).await;
+        if dead.as_array().is_some_and(|a| !a.is_empty()) {
+            break dead;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing was dead-lettered"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let entry = &dead[0];
+    assert_eq!(entry["receive_count"], 3, "{entry}");
+    assert_eq!(entry["message"]["run"], poisoned.as_str());
+    assert!(
+        entry["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("hostile"),
+        "{entry}"
+    );
+    let (_, run) = h
+        .api(Method::GET, &format!("/api/runs/{poisoned}"), None)
+        .await;
+    assert_eq!(run["status"], "running", "the run stays where it was");
+
+    // Re-drive: it is received again (and, still trapping, comes back).
+    let id = entry["id"].as_str().expect("id").to_string();
+    let (status, _) = h
+        .api(Method::POST, &format!("/api/dlq/{id}/retry"), None)
+        .await;
+    assert_eq!(status, 200);
+    let (_, after) = h.api(Method::GET, "/api/dlq", None).await;
+    assert!(
+        after
+            .as_array()
+            .is_none_or(|a| a.iter().all(|e| e["id"] != id.as_str())),
+        "still dead right after the retry: {after}"
+    );
+    let (status, _) = h
+        .api(Method::POST, &format!("/api/dlq/{id}/retry"), None)
+        .await;
+    assert_eq!(status, 404, "a re-driven letter is gone");
+}

@@ -1,0 +1,144 @@
+//! `gantry validate` on broken pipeline files: each gets its own precise
+//! message naming the line, the column and the field.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+const BASE: &str = "pipeline: web
+repository: acme/web
+plugins:
+  health:
+    component: PLUGIN
+environments:
+  dev:
+    trigger:
+      push: { branches: [\"feature/*\"] }
+    steps:
+      - deploy:
+          http: http://127.0.0.1:7101/deploy
+      - gate:
+          plugin: health
+  staging:
+    trigger:
+      promote_from: dev
+    steps:
+      - approval:
+          approvers: [bob]
+          timeout: 24h
+";
+
+/// (what is broken, the replacement, text the message must contain)
+const BROKEN: [(&str, &str, &str, &str); 10] = [
+    (
+        "unknown top-level key",
+        "repository: acme/web\n",
+        "repository: acme/web\nrepo_url: x\n",
+        "3:1: unknown field `repo_url`",
+    ),
+    (
+        "misspelt step kind",
+        "      - deploy:\n",
+        "      - dploy:\n",
+        "environments.dev.steps[0]: unknown field `dploy`",
+    ),
+    (
+        "undeclared plugin",
+        "plugin: health\n",
+        "plugin: healthz\n",
+        "14:11: environments.dev.steps[1].gate.plugin: plugin `healthz` is not declared",
+    ),
+    (
+        "approval without approvers",
+        "approvers: [bob]",
+        "approvers: []",
+        "20:11: environments.staging.steps[0].approval.approvers: an approval needs at least one approver",
+    ),
+    (
+        "promote_from cycle",
+        "    trigger:\n      push: { branches: [\"feature/*\"] }\n",
+        "    trigger:\n      promote_from: staging\n",
+        "promote_from makes a cycle",
+    ),
+    (
+        "bad duration",
+        "timeout: 24h",
+        "timeout: 24 hours",
+        "invalid duration `24 hours`",
+    ),
+    (
+        "deploy with no target",
+        "          http: http://127.0.0.1:7101/deploy\n",
+        "          timeout: 30s\n",
+        "11:9: environments.dev.steps[0].deploy: a deploy has exactly one of `command` and `http`",
+    ),
+    (
+        "promote_from an unknown environment",
+        "promote_from: dev",
+        "promote_from: qa",
+        "17:7: environments.staging.trigger.promote_from: no environment named `qa`",
+    ),
+    (
+        "missing component file",
+        "component: /",
+        "component: missing/",
+        "5:5: plugins.health.component: no file at",
+    ),
+    (
+        "YAML syntax",
+        "    steps:\n      - approval:",
+        "    steps:\n      - approval: {",
+        "did not find expected",
+    ),
+];
+
+#[test]
+fn ten_broken_files_give_ten_precise_messages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plugin = gantry_tests::plugin("noop-gate").display().to_string();
+    let base = BASE.replace("PLUGIN", &plugin);
+    let good = dir.path().join("good.yaml");
+    std::fs::write(&good, &base).expect("write");
+    let ok = Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .arg("validate")
+        .arg(&good)
+        .output()
+        .expect("run gantry");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+
+    let mut messages = BTreeSet::new();
+    let mut failures = Vec::new();
+    for (i, (what, from, to, expected)) in BROKEN.iter().enumerate() {
+        assert!(
+            base.contains(from),
+            "case {what}: `{from}` not in the base file"
+        );
+        let file = dir.path().join(format!("broken-{i}.yaml"));
+        std::fs::write(&file, base.replacen(from, to, 1)).expect("write");
+        let out = Command::new(env!("CARGO_BIN_EXE_gantry"))
+            .arg("validate")
+            .arg(&file)
+            .output()
+            .expect("run gantry");
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        assert_eq!(out.status.code(), Some(1), "case {what}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("{}:", file.display())),
+            "case {what}: no file name: {stderr}"
+        );
+        if !stderr.contains(expected) {
+            failures.push(format!("case {what}: expected `{expected}` in:\n{stderr}"));
+        }
+        let message = stderr.replace(&file.display().to_string(), "FILE");
+        messages.insert(message);
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(
+        messages.len(),
+        10,
+        "messages are not distinct: {messages:#?}"
+    );
+}

@@ -847,7 +847,9 @@ impl Engine {
                 run: run.id.clone(),
                 wake: run.wake,
             })));
-        } else if run.status == RunStatus::Running {
+        } else if !run.status.is_terminal() {
+            // The Advance that delivered may also be the one an approval or
+            // a timer sent: look at the run again (a parked step re-parks).
             Self::continue_now(run, tx);
         }
         Ok(())

@@ -56,6 +56,8 @@ pub struct Harness {
     pub server: Option<Server>,
     pub http: reqwest::Client,
     pub max_receives: u32,
+    /// Restarts after the server died (crash tests).
+    pub restarts: u32,
 }
 
 /// The example pipeline with the toy apps' real ports and absolute plugin
@@ -102,6 +104,7 @@ impl Harness {
             server: None,
             http: reqwest::Client::new(),
             max_receives: 5,
+            restarts: 0,
         }
     }
 

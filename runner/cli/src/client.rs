@@ -1,7 +1,6 @@
 //! Commands that talk to a running `gantry serve` over its HTTP API.
 
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow};
 use clap::{Args, Subcommand};
@@ -270,17 +269,13 @@ fn short(sha: &str) -> &str {
     sha.get(..7).unwrap_or(sha)
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 fn took(start: &Value, end: &Value) -> String {
     match (start.as_u64(), end.as_u64()) {
         (Some(s), Some(e)) => format!("{:.2}s", e.saturating_sub(s) as f64 / 1000.0),
-        (Some(s), None) => format!("{:.1}s so far", now_ms().saturating_sub(s) as f64 / 1000.0),
+        (Some(s), None) => format!(
+            "{:.1}s so far",
+            gantry_store::now_ms().saturating_sub(s) as f64 / 1000.0
+        ),
         _ => String::new(),
     }
 }

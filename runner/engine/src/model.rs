@@ -288,8 +288,6 @@ pub struct Stage {
     pub steps: Vec<StepRun>,
     /// Index of the current step.
     pub cursor: usize,
-    /// Whether this run holds the environment.
-    pub holds_env: bool,
     /// Whether a deploy has changed the environment.
     pub deployed: bool,
     /// Migration steps applied, in order (undone on rollback).
@@ -341,8 +339,8 @@ pub struct StepRun {
     pub gate_state: Option<String>,
     /// Canary: index of the current weight.
     pub weight_index: usize,
-    /// Canary: `deploy`, `gate` or `stable`.
-    pub phase: String,
+    /// Canary: what the current weight does next.
+    pub phase: CanaryPhase,
     /// Approvals and rejections so far.
     pub decisions: Vec<Decision>,
     /// The approval token a Slack button carries back.
@@ -353,6 +351,19 @@ pub struct StepRun {
     pub started_ms: Option<u64>,
     /// Ended, Unix ms.
     pub finished_ms: Option<u64>,
+}
+
+/// Where a canary is within one weight.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CanaryPhase {
+    /// Deploy at the weight.
+    #[default]
+    Deploy,
+    /// Ask the gate.
+    Gate,
+    /// Ask the gate again after `stable_for`.
+    Stable,
 }
 
 /// An approval or a rejection.

@@ -20,6 +20,15 @@ use async_trait::async_trait;
 #[doc(hidden)]
 pub use conformance::suite as __conformance_suite;
 
+/// Unix time in milliseconds: the clock every timestamp in the store and
+/// the queue is kept in.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// What a store or queue operation can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

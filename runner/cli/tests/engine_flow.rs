@@ -107,20 +107,34 @@ async fn promotes_through_approval_then_rolls_back_a_faulty_artifact_and_holds()
     let next_sha = "1111111aaaaaaa2222222bbbbbbb333333344444";
     let (_, sub) = h.submit(merge(next_sha, "erin")).await;
     let next = sub["run"].as_str().expect("run").to_string();
+    // Approvals do not need the environment, so it is approved while held...
+    h.wait_status(&next, "waiting").await;
+    let (status, _) = h
+        .api(
+            Method::POST,
+            &format!("/api/runs/{next}/decisions"),
+            Some(decide("bob")),
+        )
+        .await;
+    assert_eq!(status, 200);
+    // ...and then queues behind the hold before its first deploy.
     let queued = h
         .wait_run(&next, "queued behind the hold", |r| {
             r["status"] == "waiting" && r["reason"].as_str().unwrap_or("").contains("held")
         })
         .await;
     assert_eq!(queued["stages"][1]["status"], "queued");
+    assert_eq!(
+        h.app("production").stable.as_deref(),
+        Some(GOOD),
+        "deployed while held"
+    );
     let (status, released) = h
         .api(Method::POST, "/api/environments/production/release", None)
         .await;
     assert_eq!(status, 200, "{released}");
-    h.wait_run(&next, "waiting for approval", |r| {
-        r["stages"][1]["steps"][1]["status"] == "waiting"
-    })
-    .await;
+    h.wait_status(&next, "succeeded").await;
+    assert_eq!(h.app("production").stable.as_deref(), Some(next_sha));
     let (status, _) = h
         .api(Method::POST, "/api/environments/production/release", None)
         .await;

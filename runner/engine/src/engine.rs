@@ -83,6 +83,10 @@ pub struct HandleError {
     pub message: String,
     /// When to try again.
     pub retry_in: Duration,
+    /// A lost race (a conditional write or a receipt that another handler
+    /// changed): the message is sent again fresh instead of counting towards
+    /// the dead-letter limit.
+    pub conflict: bool,
 }
 
 impl HandleError {
@@ -90,6 +94,7 @@ impl HandleError {
         HandleError {
             message: message.into(),
             retry_in: Duration::ZERO,
+            conflict: false,
         }
     }
 
@@ -97,6 +102,7 @@ impl HandleError {
         HandleError {
             message: message.into(),
             retry_in: Duration::from_millis(500),
+            conflict: false,
         }
     }
 }
@@ -105,7 +111,10 @@ impl From<gantry_store::Error> for HandleError {
     fn from(e: gantry_store::Error) -> Self {
         match e {
             gantry_store::Error::Conflict { .. } | gantry_store::Error::StaleReceipt { .. } => {
-                HandleError::now(format!("lost a race, will read again: {e}"))
+                HandleError {
+                    conflict: true,
+                    ..HandleError::now(format!("lost a race, will read again: {e}"))
+                }
             }
             other => HandleError::later(other.to_string()),
         }
@@ -396,6 +405,23 @@ impl Engine {
             Ok(kind) => {
                 self.metrics.step(kind, started.elapsed());
             }
+            Err(e) if e.conflict => {
+                // Lost a race: try again soon as a fresh message, spread out
+                // a little so the racers do not meet again.
+                let mut jitter = [0u8; 1];
+                let _ = getrandom::fill(&mut jitter);
+                let again = Checkpoint {
+                    writes: vec![],
+                    send: vec![Outgoing::after(
+                        message.body.clone(),
+                        Duration::from_millis(u64::from(jitter[0] % 16)),
+                    )],
+                    ack: Some(message.receipt.clone()),
+                };
+                if let Err(e2) = self.backend.checkpoint(again).await {
+                    tracing::debug!(message = %message.id, error = %e2, "could not requeue after a conflict; the visibility timeout will");
+                }
+            }
             Err(e) => {
                 self.metrics.handler_error();
                 tracing::warn!(message = %message.id, receives = message.receive_count, error = %e, "message not handled; it will be retried");
@@ -461,6 +487,7 @@ impl Engine {
                         status: StageStatus::Pending,
                         steps,
                         cursor: 0,
+                        locked: false,
                         deployed: false,
                         migrations: vec![],
                         rollback_done: vec![],

@@ -288,6 +288,9 @@ pub struct Stage {
     pub steps: Vec<StepRun>,
     /// Index of the current step.
     pub cursor: usize,
+    /// Whether this run holds the environment's lock, taken at the stage's
+    /// first step that changes the environment.
+    pub locked: bool,
     /// Whether a deploy has changed the environment.
     pub deployed: bool,
     /// Migration steps applied, in order (undone on rollback).

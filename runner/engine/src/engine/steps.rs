@@ -24,9 +24,13 @@ impl Engine {
             )));
         };
         match stage.status {
-            StageStatus::Pending | StageStatus::Queued => {
+            StageStatus::Pending => {
                 self.enter(run, tx, &pipeline, env).await?;
                 Ok("enter")
+            }
+            StageStatus::Queued => {
+                self.acquire(run, tx, &pipeline, env).await?;
+                Ok("lock")
             }
             StageStatus::Running => self.step(run, version, tx, &pipeline, env).await,
             StageStatus::RollingBack => {
@@ -123,6 +127,42 @@ impl Engine {
                 return Ok(());
             }
         }
+        let stage = &mut run.stages[run.current];
+        stage.status = StageStatus::Running;
+        stage.started_ms = Some(now_ms());
+        run.status = RunStatus::Running;
+        run.reason = None;
+        let summary = format!(
+            "{} {} started in {}",
+            run.artifact.repository,
+            short(&run.artifact.commit_sha),
+            env.name
+        );
+        self.notify(
+            run,
+            tx,
+            env,
+            NotifyEvent::Started,
+            EventKind::Started,
+            summary,
+        )
+        .await?;
+        Self::continue_now(run, tx);
+        Ok(())
+    }
+
+    /// Takes the environment's lock before the stage's first step that
+    /// changes the environment; approvals and gates before it run without
+    /// it, so many artifacts can wait for approval at once. When the
+    /// environment is busy or held the run queues (superseding older waiters
+    /// under `supersede`) and parks; the lock's release wakes it.
+    async fn acquire(
+        &self,
+        run: &mut Run,
+        tx: &mut Tx,
+        pipeline: &Pipeline,
+        env: &Environment,
+    ) -> Result<(), HandleError> {
         let id = run.id.clone();
         let state = self.env_state(tx, &pipeline.name, &env.name).await?;
         let busy = state.holder.as_ref().is_some_and(|h| *h != id);
@@ -156,8 +196,7 @@ impl Engine {
             for other in superseded {
                 self.supersede(tx, &other, &id).await?;
             }
-            let stage = &mut run.stages[run.current];
-            stage.status = StageStatus::Queued;
+            run.stages[run.current].status = StageStatus::Queued;
             run.status = RunStatus::Waiting;
             run.reason = Some(reason);
             return Ok(());
@@ -165,25 +204,10 @@ impl Engine {
         state.holder = Some(id.clone());
         state.waiters.retain(|(r, _)| *r != id);
         let stage = &mut run.stages[run.current];
+        stage.locked = true;
         stage.status = StageStatus::Running;
-        stage.started_ms = Some(now_ms());
         run.status = RunStatus::Running;
         run.reason = None;
-        let summary = format!(
-            "{} {} started in {}",
-            run.artifact.repository,
-            short(&run.artifact.commit_sha),
-            env.name
-        );
-        self.notify(
-            run,
-            tx,
-            env,
-            NotifyEvent::Started,
-            EventKind::Started,
-            summary,
-        )
-        .await?;
         Self::continue_now(run, tx);
         Ok(())
     }
@@ -241,6 +265,14 @@ impl Engine {
             self.finish_stage(run, tx, pipeline, env).await?;
             return Ok("finish");
         };
+        let changes_env = matches!(
+            spec.kind,
+            StepKind::Deploy(_) | StepKind::Migrate(_) | StepKind::Canary(_)
+        );
+        if changes_env && !run.stages[run.current].locked {
+            self.acquire(run, tx, pipeline, env).await?;
+            return Ok("lock");
+        }
         {
             let st = &mut run.stages[run.current].steps[cursor];
             if st.started_ms.is_none() {
@@ -413,7 +445,7 @@ impl Engine {
         Ok(())
     }
 
-    /// Frees the environment and wakes its next waiter.
+    /// Frees the environment if run `id` holds it, and wakes its next waiter.
     async fn release_env(
         &self,
         tx: &mut Tx,
@@ -422,9 +454,10 @@ impl Engine {
         id: &str,
     ) -> Result<(), HandleError> {
         let state = self.env_state(tx, &pipeline.name, &env.name).await?;
-        if state.holder.as_deref() == Some(id) {
-            state.holder = None;
+        if state.holder.as_deref() != Some(id) {
+            return Ok(());
         }
+        state.holder = None;
         if state.held.is_none() && !state.waiters.is_empty() {
             let (next, wake) = state.waiters.remove(0);
             tx.send
@@ -445,7 +478,7 @@ impl Engine {
             run: run.id.clone(),
             at_ms: now_ms(),
         };
-        {
+        if run.stages[run.current].deployed {
             let state = self.env_state(tx, &pipeline.name, &env.name).await?;
             if state.current.as_ref().map(|d| &d.artifact) != Some(&deployed.artifact) {
                 state.previous = state.current.take();

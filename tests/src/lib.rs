@@ -3,6 +3,7 @@
 //! - [`plugin`]: the path of an example plugin compiled by `build.rs` from
 //!   the current sources of `plugins/`.
 //! - [`FakeApp`]: a controllable HTTP service standing in for a deployed app.
+//! - [`example_pipeline`]: the example pipeline, pointed at given ports.
 //! - [`rss_bytes`]: this process's resident memory.
 
 mod fake_app;
@@ -21,6 +22,26 @@ pub fn plugin(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// The example pipeline (`tests/example/gantry.yaml`) with absolute plugin
+/// paths and the toy app of each environment at `addrs` (by environment
+/// name) instead of the fixed ports 7101-7103.
+pub fn example_pipeline(
+    addrs: &std::collections::BTreeMap<String, std::net::SocketAddr>,
+) -> String {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/example/gantry.yaml"))
+        .expect("tests/example/gantry.yaml");
+    let mut text = text.replace(
+        "../../plugins/target/wasm32-wasip2/release",
+        env!("GANTRY_PLUGINS_DIR"),
+    );
+    for (env, port) in [("dev", 7101), ("staging", 7102), ("production", 7103)] {
+        if let Some(addr) = addrs.get(env) {
+            text = text.replace(&format!("127.0.0.1:{port}"), &addr.to_string());
+        }
+    }
+    text
 }
 
 /// This process's resident set size, from `/proc/self/status`.

@@ -162,6 +162,8 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     config: EngineConfig,
     crash_counter: AtomicU64,
+    env_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    active: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -190,6 +192,11 @@ pub fn run_id_for(delivery: &str) -> String {
 /// Writes and messages one transition gathers for its checkpoint.
 #[derive(Default)]
 struct Tx {
+    /// The run goes on at once.
+    continues: bool,
+    /// This process's locks on the environment items read, held until the
+    /// checkpoint is committed.
+    guards: Vec<tokio::sync::OwnedMutexGuard<()>>,
     envs: HashMap<String, (EnvState, Precondition)>,
     evidence: HashMap<String, (Evidence, Precondition)>,
     other: Vec<Write>,
@@ -200,20 +207,58 @@ impl Tx {
     /// The checkpoint: `first` (the run's own write), then every
     /// environment and evidence item touched, then the other writes; the
     /// messages to send; and the ack.
-    fn into_checkpoint(self, first: Write, ack: Option<gantry_store::Receipt>) -> Checkpoint {
+    /// The guards stay in `self`: drop it after the checkpoint is committed.
+    fn take_checkpoint(&mut self, first: Write, ack: Option<gantry_store::Receipt>) -> Checkpoint {
         let mut writes = vec![first];
-        for (k, (env, pre)) in self.envs {
+        for (k, (env, pre)) in self.envs.drain() {
             writes.push(Write::put(k, encode(&env), pre));
         }
-        for (k, (ev, pre)) in self.evidence {
+        for (k, (ev, pre)) in self.evidence.drain() {
             writes.push(Write::put(k, encode(&ev), pre));
         }
-        writes.extend(self.other);
+        writes.append(&mut self.other);
         Checkpoint {
             writes,
-            send: self.send,
+            send: std::mem::take(&mut self.send),
             ack,
         }
+    }
+}
+
+/// Most steps one message advances before handing the run back to the queue.
+const MAX_CHAIN: u32 = 64;
+/// Longest time one message advances a run, well inside its visibility.
+const CHAIN_BUDGET: Duration = Duration::from_secs(5);
+
+/// A run this process is advancing; released on drop.
+struct ActiveRun<'a> {
+    set: &'a std::sync::Mutex<std::collections::HashSet<String>>,
+    id: String,
+}
+
+impl<'a> ActiveRun<'a> {
+    /// Claims `id`, or `None` when a handler of this process has it.
+    fn claim(
+        set: &'a std::sync::Mutex<std::collections::HashSet<String>>,
+        id: &str,
+    ) -> Option<Self> {
+        let mut active = set
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        active.insert(id.to_string()).then(|| ActiveRun {
+            set,
+            id: id.to_string(),
+        })
+    }
+}
+
+impl Drop for ActiveRun<'_> {
+    fn drop(&mut self) {
+        let mut active = self
+            .set
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        active.remove(&self.id);
     }
 }
 
@@ -241,6 +286,8 @@ impl Engine {
             metrics,
             config,
             crash_counter: AtomicU64::new(0),
+            env_locks: std::sync::Mutex::default(),
+            active: std::sync::Mutex::default(),
         }
     }
 
@@ -399,12 +446,9 @@ impl Engine {
     /// gives it back to the queue with the error.
     pub async fn process(&self, message: Received) {
         self.metrics.busy(1);
-        let started = Instant::now();
         let outcome = self.handle(&message).await;
         match outcome {
-            Ok(kind) => {
-                self.metrics.step(kind, started.elapsed());
-            }
+            Ok(_) => {}
             Err(e) if e.conflict => {
                 // Lost a race: try again soon as a fresh message, spread out
                 // a little so the racers do not meet again.
@@ -442,7 +486,9 @@ impl Engine {
             .map_err(|e| HandleError::now(format!("malformed message: {e}")))?;
         match parsed {
             Message::Event { delivery, event } => {
+                let started = Instant::now();
                 self.ingest(&delivery, event, message).await?;
+                self.metrics.step("event", started.elapsed());
                 Ok("event")
             }
             Message::Advance { run, wake } => self.advance(&run, wake, message).await,
@@ -560,21 +606,61 @@ impl Engine {
                 )));
             }
         }
+        let _active = match ActiveRun::claim(&self.active, id) {
+            Some(claim) => claim,
+            None => {
+                return Err(HandleError {
+                    conflict: true,
+                    ..HandleError::now("another handler of this process is advancing the run")
+                });
+            }
+        };
+        // Steps that go on at once are handled here, one checkpoint each,
+        // while this message stays in flight as the run's lease; a crash
+        // resumes from the last checkpoint when the message comes back.
         let mut version = item.version;
-        let mut tx = Tx::default();
-        let kind = self.transition(&mut run, &mut version, &mut tx).await?;
-        run.updated_ms = now_ms();
-        let run_write = Write::put(key, encode(&run), Precondition::MatchesVersion(version));
-        self.backend
-            .checkpoint(tx.into_checkpoint(run_write, Some(message.receipt.clone())))
-            .await?;
-        tracing::info!(run = %run.id, step = kind, status = run.status.name(), "checkpoint");
-        self.crash_point(CrashPoint::Checkpoint);
-        Ok(kind)
+        let started = Instant::now();
+        let mut chained = 0;
+        loop {
+            let step_started = Instant::now();
+            let mut tx = Tx::default();
+            let kind = self.transition(&mut run, &mut version, &mut tx).await?;
+            let chain = tx.continues && chained < MAX_CHAIN && started.elapsed() < CHAIN_BUDGET;
+            if tx.continues && !chain {
+                Self::send_next(&mut run, &mut tx);
+            }
+            run.updated_ms = now_ms();
+            let run_write = Write::put(
+                run_key(id),
+                encode(&run),
+                Precondition::MatchesVersion(version),
+            );
+            let ack = (!chain).then(|| message.receipt.clone());
+            let versions = self
+                .backend
+                .checkpoint(tx.take_checkpoint(run_write, ack))
+                .await?;
+            drop(tx);
+            self.metrics.step(kind, step_started.elapsed());
+            tracing::info!(run = %run.id, step = kind, status = run.status.name(), "checkpoint");
+            self.crash_point(CrashPoint::Checkpoint);
+            if !chain {
+                return Ok(kind);
+            }
+            version = versions.first().copied().unwrap_or(version + 1);
+            chained += 1;
+        }
     }
 
-    /// Sends the run's next Advance now.
-    fn continue_now(run: &mut Run, tx: &mut Tx) {
+    /// Marks that the run goes on at once: the handler carries on with it,
+    /// or sends its next Advance (see [`Engine::send_next`]).
+    fn continue_now(tx: &mut Tx) {
+        tx.continues = true;
+    }
+
+    /// Sends the run's next Advance now, with a new wake token (older
+    /// messages for the run become stale).
+    fn send_next(run: &mut Run, tx: &mut Tx) {
         run.wake += 1;
         tx.send.push(Outgoing::now(encode(&Message::Advance {
             run: run.id.clone(),
@@ -666,6 +752,18 @@ impl Engine {
         run.effect = None;
     }
 
+    /// This process's lock on environment item `key`. Many runs contend for
+    /// one environment item; without it, handlers in this process would
+    /// mostly lose their conditional writes to each other and retry. Other
+    /// processes (distributed workers) still rely on the conditional write.
+    fn env_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .env_locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        locks.entry(key.to_string()).or_default().clone()
+    }
+
     async fn env_state<'t>(
         &self,
         tx: &'t mut Tx,
@@ -674,6 +772,7 @@ impl Engine {
     ) -> Result<&'t mut EnvState, HandleError> {
         let key = env_key(pipeline, env);
         if !tx.envs.contains_key(&key) {
+            tx.guards.push(self.env_lock(&key).lock_owned().await);
             let loaded = match self.backend.get(&key).await? {
                 Some(item) => (
                     decode::<EnvState>(&key, &item.value)?,

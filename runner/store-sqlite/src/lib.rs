@@ -46,7 +46,10 @@ impl Default for Options {
 
 /// State and queue in `<data-dir>/gantry.db`.
 pub struct SqliteBackend {
+    /// Every write and every receive.
     conn: Arc<Mutex<Connection>>,
+    /// Plain reads (`get`, `list`, counts); WAL lets them run beside writes.
+    reader: Arc<Mutex<Connection>>,
     options: Options,
     arrived: Arc<Notify>,
     path: PathBuf,
@@ -142,8 +145,13 @@ impl SqliteBackend {
                 "messages in flight at the last stop are visible again"
             );
         }
+        let reader = Connection::open(&path).map_err(db_error)?;
+        reader
+            .busy_timeout(Duration::from_secs(5))
+            .map_err(db_error)?;
         Ok(SqliteBackend {
             conn: Arc::new(Mutex::new(conn)),
+            reader: Arc::new(Mutex::new(reader)),
             options,
             arrived: Arc::new(Notify::new()),
             path,
@@ -156,12 +164,27 @@ impl SqliteBackend {
         &self.path
     }
 
+    /// Runs `f` on the writer connection, off the async threads.
     async fn with<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection, Options) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {
-        let conn = self.conn.clone();
-        let options = self.options;
+        Self::on(self.conn.clone(), self.options, f).await
+    }
+
+    /// Runs `f` on the reader connection, off the async threads.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection, Options) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        Self::on(self.reader.clone(), self.options, f).await
+    }
+
+    async fn on<T: Send + 'static>(
+        conn: Arc<Mutex<Connection>>,
+        options: Options,
+        f: impl FnOnce(&mut Connection, Options) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
         tokio::task::spawn_blocking(move || {
             let mut conn = conn
                 .lock()
@@ -260,7 +283,7 @@ fn ack_in(tx: &rusqlite::Transaction, receipt: &Receipt) -> Result<(), Error> {
 impl Store for SqliteBackend {
     async fn get(&self, key: &str) -> Result<Option<Item>, Error> {
         let key = key.to_string();
-        self.with(move |conn, _| {
+        self.read(move |conn, _| {
             conn.prepare_cached("SELECT value, version FROM items WHERE key = ?1")
                 .and_then(|mut s| {
                     s.query_row(params![key], |r| {
@@ -285,7 +308,7 @@ impl Store for SqliteBackend {
     ) -> Result<Vec<Item>, Error> {
         let prefix = prefix.to_string();
         let after = after.unwrap_or("").to_string();
-        self.with(move |conn, _| {
+        self.read(move |conn, _| {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT key, value, version FROM items
@@ -403,7 +426,7 @@ impl Queue for SqliteBackend {
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, Error> {
-        self.with(move |conn, _| {
+        self.read(move |conn, _| {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT id, body, receive_count, last_error, dead_at FROM dead_letters
@@ -453,7 +476,7 @@ impl Queue for SqliteBackend {
     }
 
     async fn depth(&self) -> Result<Depth, Error> {
-        self.with(move |conn, _| {
+        self.read(move |conn, _| {
             let now = now_ms();
             conn.query_row(
                 "SELECT

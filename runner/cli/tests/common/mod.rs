@@ -60,28 +60,16 @@ pub struct Harness {
     pub restarts: u32,
 }
 
-/// The example pipeline with the toy apps' real ports and absolute plugin
-/// paths; `edit` may change the text further.
+/// The example pipeline pointed at the toy apps; `edit` may change it.
 pub fn example_pipeline(
     apps: &BTreeMap<String, (SocketAddr, Shared)>,
     edit: impl Fn(String) -> String,
 ) -> String {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/example/gantry.yaml"
-    ))
-    .expect("example pipeline");
-    let plugins = gantry_tests::plugin("http-health")
-        .parent()
-        .expect("plugin dir")
-        .display()
-        .to_string();
-    let mut text = text.replace("../../plugins/target/wasm32-wasip2/release", &plugins);
-    for (env, port) in [("dev", 7101), ("staging", 7102), ("production", 7103)] {
-        let addr = apps[env].0;
-        text = text.replace(&format!("127.0.0.1:{port}"), &addr.to_string());
-    }
-    edit(text)
+    let addrs = apps
+        .iter()
+        .map(|(env, (addr, _))| (env.clone(), *addr))
+        .collect();
+    edit(gantry_tests::example_pipeline(&addrs))
 }
 
 impl Harness {

@@ -136,7 +136,7 @@ impl Engine {
             });
             let decided = !approve || approvals >= spec.required;
             if decided {
-                Self::continue_now(&mut run, &mut tx);
+                Self::send_next(&mut run, &mut tx);
             } else {
                 run.reason = Some(approval_reason(environment, approvals, &spec));
             }
@@ -146,7 +146,7 @@ impl Engine {
                 encode(&run),
                 Precondition::MatchesVersion(item.version),
             );
-            if self.commit(tx.into_checkpoint(run_write, None)).await? {
+            if self.commit(tx.take_checkpoint(run_write, None)).await? {
                 return Ok(serde_json::json!({
                     "run": run_id,
                     "environment": environment,
@@ -191,6 +191,7 @@ impl Engine {
         };
         for _ in 0..8 {
             let key = env_key(&pipeline, environment);
+            let _guard = self.env_lock(&key).lock_owned().await;
             let item = self
                 .backend
                 .get(&key)

@@ -96,7 +96,7 @@ impl Engine {
         } else if !run.status.is_terminal() {
             // The Advance that delivered may also be the one an approval or
             // a timer sent: look at the run again (a parked step re-parks).
-            Self::continue_now(run, tx);
+            Self::continue_now(tx);
         }
         Ok(())
     }
@@ -147,7 +147,7 @@ impl Engine {
             summary,
         )
         .await?;
-        Self::continue_now(run, tx);
+        Self::continue_now(tx);
         Ok(())
     }
 
@@ -208,7 +208,7 @@ impl Engine {
         stage.status = StageStatus::Running;
         run.status = RunStatus::Running;
         run.reason = None;
-        Self::continue_now(run, tx);
+        Self::continue_now(tx);
         Ok(())
     }
 
@@ -387,7 +387,7 @@ impl Engine {
         stage.cursor += 1;
         run.status = RunStatus::Running;
         run.reason = None;
-        Self::continue_now(run, tx);
+        Self::continue_now(tx);
     }
 
     async fn fail_step(
@@ -418,7 +418,7 @@ impl Engine {
             run.stages[run.current].status = StageStatus::RollingBack;
             run.status = RunStatus::Running;
             run.reason = Some(format!("rolling back: {reason}"));
-            Self::continue_now(run, tx);
+            Self::continue_now(tx);
             return Ok(());
         }
         run.stages[run.current].status = StageStatus::Failed;
@@ -440,7 +440,7 @@ impl Engine {
         )
         .await?;
         if !run.outbox.is_empty() {
-            Self::continue_now(run, tx);
+            Self::continue_now(tx);
         }
         Ok(())
     }
@@ -516,7 +516,7 @@ impl Engine {
                 return Ok(());
             }
         }
-        Self::continue_now(run, tx);
+        Self::continue_now(tx);
         Ok(())
     }
 
@@ -823,7 +823,7 @@ impl Engine {
                             st.gate_state = None;
                             run.status = RunStatus::Running;
                             run.reason = None;
-                            Self::continue_now(run, tx);
+                            Self::continue_now(tx);
                             Ok(())
                         } else {
                             self.next_weight(run, tx, canary)
@@ -864,7 +864,7 @@ impl Engine {
         } else {
             run.status = RunStatus::Running;
             run.reason = None;
-            Self::continue_now(run, tx);
+            Self::continue_now(tx);
         }
         Ok(())
     }
@@ -910,7 +910,7 @@ impl Engine {
                 .await?;
             }
             run.stages[run.current].rollback_done.push(marker);
-            Self::continue_now(run, tx);
+            Self::continue_now(tx);
             return Ok(());
         }
         // 2. Redeploy the previous artifact through every deploy it reached.
@@ -948,7 +948,7 @@ impl Engine {
                 self.record(tx, run, &spec.name, "rollback", summary, vec![])
                     .await?;
                 run.stages[run.current].rollback_done.push(marker);
-                Self::continue_now(run, tx);
+                Self::continue_now(tx);
                 return Ok(());
             }
         }
@@ -1016,7 +1016,7 @@ impl Engine {
         };
         self.notify(run, tx, env, event, kind, reason).await?;
         if !run.outbox.is_empty() {
-            Self::continue_now(run, tx);
+            Self::continue_now(tx);
         }
         Ok(())
     }

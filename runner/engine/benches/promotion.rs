@@ -272,12 +272,15 @@ async fn main() {
         runs.push(run.clone());
         unapproved.push(run);
     }
+    // Approvals come before production's lock, so a slow sweep does not
+    // hold the serial part up; a fast one would load the store itself.
     loop {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
         let mut still = Vec::new();
         for id in unapproved {
-            let run = engine.run(&id).await.expect("run").expect("exists");
-            if at_approval(&run) {
+            // The run exists once a worker has taken its event.
+            let run = engine.run(&id).await.expect("run");
+            if run.as_ref().is_some_and(at_approval) {
                 engine
                     .decide(&id, "production", "bob", true, "bench", None)
                     .await
@@ -293,6 +296,7 @@ async fn main() {
         }
     }
     let took = started.elapsed();
+    let mut canaries = Vec::new();
     for id in &runs {
         let run = engine.run(id).await.expect("run").expect("exists");
         assert_eq!(
@@ -301,6 +305,18 @@ async fn main() {
             "run {id}: {:?}",
             run.reason
         );
+        if let Some(st) = run.stages.get(1).and_then(|s| s.steps.get(2)) {
+            canaries.push((st.started_ms.unwrap_or(0), st.finished_ms.unwrap_or(0)));
+        }
+    }
+    if std::env::var("GANTRY_BENCH_DETAIL").is_ok() {
+        canaries.sort();
+        let held: u64 = canaries.iter().map(|(s, f)| f - s).sum();
+        let gaps: u64 = canaries
+            .windows(2)
+            .map(|w| w[1].0.saturating_sub(w[0].1))
+            .sum();
+        eprintln!("production canaries: {held} ms running in all, {gaps} ms between them");
     }
     println!(
         "throughput: {artifacts} artifacts promoted at once in {:.2} s: {:.0} full promotions/s ({} runs)",

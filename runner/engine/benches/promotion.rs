@@ -291,7 +291,9 @@ async fn main() {
         }
         unapproved = still;
         let depth = engine.backend().depth().await.expect("depth");
-        if unapproved.is_empty() && depth.visible == 0 && depth.in_flight == 0 {
+        let idle =
+            depth.visible == 0 && depth.in_flight == 0 && engine.metrics().busy_workers() == 0;
+        if unapproved.is_empty() && idle {
             break;
         }
     }

@@ -8,7 +8,9 @@
 //!    end, against the bare commit;
 //! 3. promotions per second with 1,000 artifacts in flight at once.
 //!
-//! `cargo bench -p gantry-engine --bench promotion`
+//! `cargo bench -p gantry-engine --bench promotion`; with
+//! `GANTRY_BENCH_DETAIL=1` it also prints per-step timings, the engine's
+//! metrics and how long production's canaries held the environment.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -46,10 +46,8 @@ impl Default for Options {
 
 /// State and queue in `<data-dir>/gantry.db`.
 pub struct SqliteBackend {
-    /// Every write and every receive.
+    /// The one connection; it holds the file's lock for its whole life.
     conn: Arc<Mutex<Connection>>,
-    /// Plain reads (`get`, `list`, counts); WAL lets them run beside writes.
-    reader: Arc<Mutex<Connection>>,
     options: Options,
     arrived: Arc<Notify>,
     path: PathBuf,
@@ -118,6 +116,11 @@ impl SqliteBackend {
         })?;
         let path = data_dir.join("gantry.db");
         let conn = Connection::open(&path).map_err(db_error)?;
+        // The data dir lock already keeps other processes out: holding the
+        // file lock for the connection's life saves a lock and unlock per
+        // transaction, and keeps the WAL index in process memory.
+        conn.pragma_update(None, "locking_mode", "EXCLUSIVE")
+            .map_err(db_error)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db_error)?;
         conn.pragma_update(
@@ -146,14 +149,8 @@ impl SqliteBackend {
                 "messages in flight at the last stop are visible again"
             );
         }
-        let reader = Connection::open(&path).map_err(db_error)?;
-        reader
-            .busy_timeout(Duration::from_secs(5))
-            .map_err(db_error)?;
-        tune(&reader)?;
         Ok(SqliteBackend {
             conn: Arc::new(Mutex::new(conn)),
-            reader: Arc::new(Mutex::new(reader)),
             options,
             arrived: Arc::new(Notify::new()),
             path,
@@ -174,19 +171,6 @@ impl SqliteBackend {
         Self::on(self.conn.clone(), self.options, f).await
     }
 
-    /// Runs `f` on the reader connection, off the async threads.
-    async fn read<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Connection, Options) -> Result<T, Error> + Send + 'static,
-    ) -> Result<T, Error> {
-        Self::on(self.reader.clone(), self.options, f).await
-    }
-
-    /// Runs `f` on `conn` on the calling thread. Every statement here takes
-    /// microseconds and no other process shares the file, so waiting on the
-    /// connection's lock is short; handing each call to the blocking pool
-    /// cost more in thread switches than the SQL itself (perf showed a fifth
-    /// of all time in futex wake-ups).
     async fn on<T: Send + 'static>(
         conn: Arc<Mutex<Connection>>,
         options: Options,
@@ -309,7 +293,7 @@ fn ack_in(tx: &rusqlite::Transaction, receipt: &Receipt) -> Result<(), Error> {
 impl Store for SqliteBackend {
     async fn get(&self, key: &str) -> Result<Option<Item>, Error> {
         let key = key.to_string();
-        self.read(move |conn, _| {
+        self.with(move |conn, _| {
             conn.prepare_cached("SELECT value, version FROM items WHERE key = ?1")
                 .and_then(|mut s| {
                     s.query_row(params![key], |r| {
@@ -334,7 +318,7 @@ impl Store for SqliteBackend {
     ) -> Result<Vec<Item>, Error> {
         let prefix = prefix.to_string();
         let after = after.unwrap_or("").to_string();
-        self.read(move |conn, _| {
+        self.with(move |conn, _| {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT key, value, version FROM items
@@ -451,7 +435,7 @@ impl Queue for SqliteBackend {
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, Error> {
-        self.read(move |conn, _| {
+        self.with(move |conn, _| {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT id, body, receive_count, last_error, dead_at FROM dead_letters
@@ -499,7 +483,7 @@ impl Queue for SqliteBackend {
     }
 
     async fn depth(&self) -> Result<Depth, Error> {
-        self.read(move |conn, _| {
+        self.with(move |conn, _| {
             let now = now_ms();
             query_row(
                 conn,

@@ -180,7 +180,7 @@ async fn kill_at_every_checkpoint_and_after_every_effect_changes_nothing() {
     let checkpoints = lines.iter().filter(|l| l.contains("checkpoint")).count();
     let effects = lines
         .iter()
-        .filter(|l| l.contains("checkpoint: effect intent"))
+        .filter(|l| l.contains("side effect done"))
         .count();
     assert!(
         checkpoints > 20,

@@ -301,6 +301,7 @@ async fn main() {
     }
     let took = started.elapsed();
     let mut canaries = Vec::new();
+    let mut spans = BTreeMap::new();
     for id in &runs {
         let run = engine.run(id).await.expect("run").expect("exists");
         assert_eq!(
@@ -312,6 +313,18 @@ async fn main() {
         if let Some(st) = run.stages.get(1).and_then(|s| s.steps.get(2)) {
             canaries.push((st.started_ms.unwrap_or(0), st.finished_ms.unwrap_or(0)));
         }
+        for stage in &run.stages {
+            let e = spans
+                .entry(stage.environment.clone())
+                .or_insert((u64::MAX, 0u64, 0u64));
+            let (s0, f0) = (
+                stage.started_ms.unwrap_or(0),
+                stage.finished_ms.unwrap_or(0),
+            );
+            e.0 = e.0.min(s0);
+            e.1 = e.1.max(f0);
+            e.2 += f0.saturating_sub(s0);
+        }
     }
     if std::env::var("GANTRY_BENCH_DETAIL").is_ok() {
         canaries.sort();
@@ -321,6 +334,14 @@ async fn main() {
             .map(|w| w[1].0.saturating_sub(w[0].1))
             .sum();
         eprintln!("production canaries: {held} ms running in all, {gaps} ms between them");
+        let t0 = spans.values().map(|v| v.0).min().unwrap_or(0);
+        for (env, (s0, f0, sum)) in &spans {
+            eprintln!(
+                "{env}: first start +{} ms, last finish +{} ms, stages {sum} ms in all",
+                s0 - t0,
+                f0 - t0
+            );
+        }
     }
     println!(
         "throughput: {artifacts} artifacts promoted at once in {:.2} s: {:.0} full promotions/s ({} runs)",

@@ -535,6 +535,7 @@ impl Engine {
                         cursor: 0,
                         locked: false,
                         deployed: false,
+                        ticket: None,
                         migrations: vec![],
                         rollback_done: vec![],
                         failure: None,
@@ -682,15 +683,19 @@ impl Engine {
         ));
     }
 
-    /// Writes the effect intent and lease, so a resume knows the effect may
-    /// have happened. Idempotent: a resumed run already has the intent.
+    /// Before a side effect: writes the effect's key with a lease on the
+    /// run, so a worker of another process does not advance the run while
+    /// the effect is under way. Idempotent: a resumed run already has it.
+    /// An exclusive process has no other process to keep out, and writes
+    /// nothing. Either way a crash before the result is recorded repeats
+    /// the effect with the same idempotency key.
     async fn begin_effect(
         &self,
         run: &mut Run,
         version: &mut u64,
         key: &str,
     ) -> Result<(), HandleError> {
-        if run.effect.as_ref().is_some_and(|e| e.key == key) {
+        if self.config.exclusive || run.effect.as_ref().is_some_and(|e| e.key == key) {
             return Ok(());
         }
         run.effect = Some(EffectIntent {
@@ -747,7 +752,9 @@ impl Engine {
         deploy::run(&self.http, target, &request).await
     }
 
+    /// After a side effect, before its result is recorded.
     fn end_effect(&self, run: &mut Run) {
+        tracing::info!(run = %run.id, "side effect done; its result is not recorded yet");
         self.crash_point(CrashPoint::EffectDone);
         run.effect = None;
     }
@@ -786,6 +793,52 @@ impl Engine {
             .get_mut(&key)
             .map(|(state, _)| state)
             .ok_or_else(|| HandleError::now("environment state vanished"))
+    }
+
+    /// Every run queued for `env`'s lock, in queue order: the waiter item's
+    /// key, the waiter and the item's version. Read after the environment
+    /// item: every change to the queue also writes that item, so a
+    /// checkpoint built on a stale reading conflicts.
+    async fn waiters(
+        &self,
+        pipeline: &Pipeline,
+        env: &Environment,
+    ) -> Result<Vec<(String, Waiter, u64)>, HandleError> {
+        let prefix = waiter_prefix(&pipeline.name, &env.name);
+        let mut found = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.backend.list(&prefix, after.as_deref(), 100).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.key.clone());
+            for item in page {
+                let waiter = decode::<Waiter>(&item.key, &item.value)?;
+                found.push((item.key, waiter, item.version));
+            }
+        }
+        Ok(found)
+    }
+
+    /// The first run queued for `env`'s lock, taken off the queue: the
+    /// delete of its waiter item and the Advance that wakes it, both for
+    /// the checkpoint that frees the lock.
+    pub(crate) async fn wake_first_waiter(
+        &self,
+        pipeline: &Pipeline,
+        env: &Environment,
+    ) -> Result<Option<(Write, Outgoing)>, HandleError> {
+        let prefix = waiter_prefix(&pipeline.name, &env.name);
+        let Some(item) = self.backend.list(&prefix, None, 1).await?.pop() else {
+            return Ok(None);
+        };
+        let waiter = decode::<Waiter>(&item.key, &item.value)?;
+        Ok(Some((
+            Write::delete(item.key, Precondition::MatchesVersion(item.version)),
+            Outgoing::now(encode(&Message::Advance {
+                run: waiter.run,
+                wake: waiter.wake,
+            })),
+        )))
     }
 
     async fn evidence<'t>(

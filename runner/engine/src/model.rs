@@ -20,6 +20,17 @@ pub fn evidence_key(pipeline: &str, sha: &str, environment: &str) -> String {
     format!("evidence/{pipeline}/{sha}/{environment}")
 }
 
+/// The prefix of the waiter items of one environment, in queue order.
+pub fn waiter_prefix(pipeline: &str, environment: &str) -> String {
+    format!("waiter/{pipeline}/{environment}/")
+}
+
+/// The store key of the run holding `ticket` in an environment's queue.
+/// Tickets are zero-padded so key order is queue order.
+pub fn waiter_key(pipeline: &str, environment: &str, ticket: u64) -> String {
+    format!("{}{ticket:020}", waiter_prefix(pipeline, environment))
+}
+
 /// The store key of an accepted delivery (dedupe record).
 pub fn delivery_key(id: &str) -> String {
     format!("delivery/{id}")
@@ -293,6 +304,11 @@ pub struct Stage {
     pub locked: bool,
     /// Whether a deploy has changed the environment.
     pub deployed: bool,
+    /// Its place in the environment's queue while it waits for the lock;
+    /// kept when it is woken, so it queues again at the front if another
+    /// run took the lock first.
+    #[serde(default)]
+    pub ticket: Option<u64>,
     /// Migration steps applied, in order (undone on rollback).
     pub migrations: Vec<String>,
     /// Rollback actions done, by name.
@@ -387,14 +403,27 @@ pub struct Decision {
 pub struct EnvState {
     /// The run deploying now.
     pub holder: Option<String>,
-    /// Runs waiting their turn: run id and its wake token.
-    pub waiters: Vec<(String, u64)>,
+    /// The ticket the next run to queue takes. The queue itself is one
+    /// [`Waiter`] item per run (see [`waiter_key`]), so this item stays small
+    /// however many runs wait; every change to the queue also writes this
+    /// item, which orders it against the lock's release.
+    #[serde(default)]
+    pub next_ticket: u64,
     /// Set by a rollback; cleared by `gantry release`.
     pub held: Option<Hold>,
     /// The artifact now deployed and the run that deployed it.
     pub current: Option<Deployed>,
     /// The one before it.
     pub previous: Option<Deployed>,
+}
+
+/// A run queued for an environment's lock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Waiter {
+    /// The run.
+    pub run: String,
+    /// The wake token its Advance must carry.
+    pub wake: u64,
 }
 
 /// Why an environment is held.

@@ -175,7 +175,7 @@ impl Engine {
             .filter(|p| p.environment(environment).is_some())
             .collect();
         let pipeline = match candidates.as_slice() {
-            [one] => one.name.clone(),
+            [one] => Arc::clone(one),
             [] => {
                 return Err(DecideError::new(
                     404,
@@ -189,8 +189,14 @@ impl Engine {
                 ));
             }
         };
+        let Some(env) = pipeline.environment(environment) else {
+            return Err(DecideError::new(
+                404,
+                format!("no pipeline has an environment `{environment}`"),
+            ));
+        };
         for _ in 0..8 {
-            let key = env_key(&pipeline, environment);
+            let key = env_key(&pipeline.name, environment);
             let _guard = self.env_lock(&key).lock_owned().await;
             let item = self
                 .backend
@@ -205,23 +211,29 @@ impl Engine {
             let Some(hold) = state.held.take() else {
                 return Err(DecideError::new(409, format!("{environment} is not held")));
             };
+            let mut writes = vec![Write::put(
+                key,
+                encode(&state),
+                Precondition::MatchesVersion(item.version),
+            )];
             let mut send = vec![];
-            if state.holder.is_none() && !state.waiters.is_empty() {
-                let (run, wake) = state.waiters.remove(0);
-                send.push(Outgoing::now(encode(&Message::Advance { run, wake })));
+            if state.holder.is_none()
+                && let Some((delete, wake)) = self
+                    .wake_first_waiter(&pipeline, env)
+                    .await
+                    .map_err(|e| DecideError::new(503, e.message))?
+            {
+                writes.push(delete);
+                send.push(wake);
             }
             let checkpoint = Checkpoint {
-                writes: vec![Write::put(
-                    key,
-                    encode(&state),
-                    Precondition::MatchesVersion(item.version),
-                )],
+                writes,
                 send,
                 ack: None,
             };
             if self.commit(checkpoint).await? {
                 return Ok(serde_json::json!({
-                    "pipeline": pipeline,
+                    "pipeline": pipeline.name,
                     "environment": environment,
                     "released": true,
                     "was_held_by": hold.run,

@@ -54,7 +54,8 @@ impl Engine {
         Ok(found)
     }
 
-    /// The state of every environment, per pipeline.
+    /// The state of every environment, per pipeline, with the first 1,000
+    /// runs queued for it.
     pub async fn environments(&self) -> Result<serde_json::Value, gantry_store::Error> {
         let mut out = Vec::new();
         for pipeline in &self.pipelines {
@@ -65,10 +66,19 @@ impl Engine {
                     .await?
                     .and_then(|i| serde_json::from_slice(&i.value).ok())
                     .unwrap_or_default();
+                let waiting: Vec<String> = self
+                    .backend
+                    .list(&waiter_prefix(&pipeline.name, &env.name), None, 1000)
+                    .await?
+                    .iter()
+                    .filter_map(|i| serde_json::from_slice::<Waiter>(&i.value).ok())
+                    .map(|w| w.run)
+                    .collect();
                 out.push(serde_json::json!({
                     "pipeline": pipeline.name,
                     "environment": env.name,
                     "state": state,
+                    "waiting": waiting,
                 }));
             }
         }

@@ -177,33 +177,47 @@ impl Engine {
                 }
                 (None, None) => format!("waiting for {}", env.name),
             };
-            let superseded: Vec<String> =
-                if env.concurrency == gantry_pipeline::Concurrency::Supersede {
-                    state
-                        .waiters
-                        .iter()
-                        .filter(|(r, _)| *r != id)
-                        .map(|(r, _)| r.clone())
-                        .collect()
-                } else {
-                    vec![]
-                };
-            state
-                .waiters
-                .retain(|(r, _)| !superseded.contains(r) && *r != id);
-            run.wake += 1;
-            state.waiters.push((id.clone(), run.wake));
-            for other in superseded {
-                self.supersede(tx, &other, &id).await?;
+            // A run woken earlier keeps its ticket, so it stays at the front.
+            let ticket = match run.stages[run.current].ticket {
+                Some(ticket) => ticket,
+                None => {
+                    state.next_ticket += 1;
+                    state.next_ticket - 1
+                }
+            };
+            if env.concurrency == gantry_pipeline::Concurrency::Supersede {
+                for (key, waiter, version) in self.waiters(pipeline, env).await? {
+                    if waiter.run != id {
+                        self.supersede(tx, &waiter.run, &id).await?;
+                        tx.other
+                            .push(Write::delete(key, Precondition::MatchesVersion(version)));
+                    }
+                }
             }
-            run.stages[run.current].status = StageStatus::Queued;
+            run.wake += 1;
+            tx.other.push(Write::put(
+                waiter_key(&pipeline.name, &env.name, ticket),
+                encode(&Waiter {
+                    run: id,
+                    wake: run.wake,
+                }),
+                Precondition::None,
+            ));
+            let stage = &mut run.stages[run.current];
+            stage.ticket = Some(ticket);
+            stage.status = StageStatus::Queued;
             run.status = RunStatus::Waiting;
             run.reason = Some(reason);
             return Ok(());
         }
-        state.holder = Some(id.clone());
-        state.waiters.retain(|(r, _)| *r != id);
+        state.holder = Some(id);
         let stage = &mut run.stages[run.current];
+        if let Some(ticket) = stage.ticket.take() {
+            tx.other.push(Write::delete(
+                waiter_key(&pipeline.name, &env.name, ticket),
+                Precondition::None,
+            ));
+        }
         stage.locked = true;
         stage.status = StageStatus::Running;
         run.status = RunStatus::Running;
@@ -280,6 +294,27 @@ impl Engine {
                 st.status = StepStatus::Running;
             }
         }
+        let kind = self.run_step(run, version, tx, pipeline, env, spec).await?;
+        // The stage's last step passed: finishing the stage (which frees
+        // the environment for the next run) joins the same checkpoint.
+        let stage = &run.stages[run.current];
+        if tx.continues && stage.status == StageStatus::Running && stage.cursor >= env.steps.len() {
+            tx.continues = false;
+            self.finish_stage(run, tx, pipeline, env).await?;
+        }
+        Ok(kind)
+    }
+
+    /// Runs step `spec`, the stage's current step.
+    async fn run_step(
+        &self,
+        run: &mut Run,
+        version: &mut u64,
+        tx: &mut Tx,
+        pipeline: &Pipeline,
+        env: &Environment,
+        spec: &gantry_pipeline::Step,
+    ) -> Result<&'static str, HandleError> {
         match &spec.kind {
             StepKind::Deploy(d) => {
                 let key = format!("{}/{}/{}/1", run.id, env.name, spec.name);
@@ -458,10 +493,11 @@ impl Engine {
             return Ok(());
         }
         state.holder = None;
-        if state.held.is_none() && !state.waiters.is_empty() {
-            let (next, wake) = state.waiters.remove(0);
-            tx.send
-                .push(Outgoing::now(encode(&Message::Advance { run: next, wake })));
+        if state.held.is_none()
+            && let Some((delete, wake)) = self.wake_first_waiter(pipeline, env).await?
+        {
+            tx.other.push(delete);
+            tx.send.push(wake);
         }
         Ok(())
     }
@@ -752,47 +788,8 @@ impl Engine {
         };
         match phase {
             CanaryPhase::Gate | CanaryPhase::Stable => {
-                let Some(gate) = &canary.gate else {
-                    return self.next_weight(run, tx, canary);
-                };
-                match self
-                    .evaluate(run, tx, pipeline, env, step, gate, Some(weight))
-                    .await?
-                {
-                    GateOutcome::Passed(_) => {
-                        if phase == CanaryPhase::Gate && !canary.stable_for.0.is_zero() {
-                            let stage = &mut run.stages[run.current];
-                            let st = &mut stage.steps[stage.cursor];
-                            st.phase = CanaryPhase::Stable;
-                            Self::wake_after(
-                                run,
-                                tx,
-                                canary.stable_for.0,
-                                format!(
-                                    "canary at {weight}%: checking it stays healthy for {:?}",
-                                    canary.stable_for.0
-                                ),
-                            );
-                            Ok(())
-                        } else {
-                            self.next_weight(run, tx, canary)
-                        }
-                    }
-                    GateOutcome::Failed(reason) => {
-                        self.fail_step(
-                            run,
-                            tx,
-                            pipeline,
-                            env,
-                            format!("canary `{step}` at {weight}%: {reason}"),
-                        )
-                        .await
-                    }
-                    GateOutcome::Wait(delay, why) => {
-                        Self::wake_after(run, tx, delay, why);
-                        Ok(())
-                    }
-                }
+                self.canary_gate(run, tx, pipeline, env, step, canary, weight, phase)
+                    .await
             }
             CanaryPhase::Deploy => {
                 let key = format!("{}/{}/{step}/w{weight}", run.id, env.name);
@@ -823,8 +820,21 @@ impl Engine {
                             st.gate_state = None;
                             run.status = RunStatus::Running;
                             run.reason = None;
-                            Self::continue_now(tx);
-                            Ok(())
+                            // The gate's first look belongs to the same
+                            // transition: it has no side effect, and a crash
+                            // before the checkpoint repeats the deploy with
+                            // the same idempotency key anyway.
+                            self.canary_gate(
+                                run,
+                                tx,
+                                pipeline,
+                                env,
+                                step,
+                                canary,
+                                weight,
+                                CanaryPhase::Gate,
+                            )
+                            .await
                         } else {
                             self.next_weight(run, tx, canary)
                         }
@@ -840,6 +850,63 @@ impl Engine {
                         .await
                     }
                 }
+            }
+        }
+    }
+
+    /// Looks at a canary's gate at `weight`: on to the next weight (after
+    /// `stable_for`, when set), a retry later, or the step fails.
+    #[allow(clippy::too_many_arguments)]
+    async fn canary_gate(
+        &self,
+        run: &mut Run,
+        tx: &mut Tx,
+        pipeline: &Pipeline,
+        env: &Environment,
+        step: &str,
+        canary: &Canary,
+        weight: u32,
+        phase: CanaryPhase,
+    ) -> Result<(), HandleError> {
+        let Some(gate) = &canary.gate else {
+            return self.next_weight(run, tx, canary);
+        };
+        match self
+            .evaluate(run, tx, pipeline, env, step, gate, Some(weight))
+            .await?
+        {
+            GateOutcome::Passed(_) => {
+                if phase == CanaryPhase::Gate && !canary.stable_for.0.is_zero() {
+                    let stage = &mut run.stages[run.current];
+                    let st = &mut stage.steps[stage.cursor];
+                    st.phase = CanaryPhase::Stable;
+                    Self::wake_after(
+                        run,
+                        tx,
+                        canary.stable_for.0,
+                        format!(
+                            "canary at {weight}%: checking it stays healthy for {:?}",
+                            canary.stable_for.0
+                        ),
+                    );
+                    Ok(())
+                } else {
+                    self.next_weight(run, tx, canary)
+                }
+            }
+            GateOutcome::Failed(reason) => {
+                self.fail_step(
+                    run,
+                    tx,
+                    pipeline,
+                    env,
+                    format!("canary `{step}` at {weight}%: {reason}"),
+                )
+                .await
+            }
+            GateOutcome::Wait(delay, why) => {
+                Self::wake_after(run, tx, delay, why);
+                Ok(())
             }
         }
     }

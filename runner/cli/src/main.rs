@@ -22,6 +22,8 @@ enum Command {
     Plugin(plugin::PluginCommand),
     /// Run the API and the workers on the embedded store.
     Serve(serve::ServeArgs),
+    /// Run the webhook receiver alone (GitHub and Slack webhooks).
+    Receiver(serve::ReceiverArgs),
     /// Check pipeline files.
     Validate(serve::ValidateArgs),
     /// Submit an event (for the quick start, tests and scripts).
@@ -82,7 +84,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match &cli.command {
         Command::Validate(_) => {}
-        Command::Serve(_) => init_tracing("info"),
+        Command::Serve(_) | Command::Receiver(_) => init_tracing("info"),
         _ => init_tracing("error"),
     }
     if let Command::Validate(args) = cli.command {
@@ -102,6 +104,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Plugin(command) => plugin::run(command).await,
             Command::Serve(args) => serve::serve(args).await,
+            Command::Receiver(args) => serve::receiver(args).await,
             Command::Validate(_) => Ok(std::process::ExitCode::SUCCESS),
             Command::Submit { server, event } => client::submit(server, event).await,
             Command::Runs { server, command } => client::runs(server, command).await,

@@ -9,36 +9,60 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::Args;
 use gantry_engine::{CrashPoint, Engine, EngineConfig, HostedPlugins, Metrics};
+use gantry_receiver::ReceiverConfig;
 use gantry_store::Backend;
 use gantry_store_sqlite::{Options, SqliteBackend};
 
-/// `gantry serve`.
+/// What `gantry serve` and `gantry receiver` share: pipelines, the store,
+/// the receiver's settings.
 #[derive(Args)]
-pub struct ServeArgs {
+pub struct CommonArgs {
     /// A pipeline file; repeat for several repositories.
     #[arg(long, required = true)]
     config: Vec<PathBuf>,
-    /// Where the API listens.
-    #[arg(long, default_value = "127.0.0.1:8420")]
-    listen: SocketAddr,
     /// Where the embedded store (one SQLite file) lives.
     #[arg(long, default_value = ".gantry", env = "GANTRY_DATA_DIR")]
     data_dir: PathBuf,
-    /// Handlers running at once.
-    #[arg(long, default_value_t = 32)]
-    workers: usize,
     /// A message received this many times goes to the dead-letter list.
     #[arg(long, default_value_t = 5)]
     max_receives: u32,
     /// fsync every commit (survives power loss, slower).
     #[arg(long)]
     fsync: bool,
+    /// A TOML file with the webhook secrets and Slack user mapping (see
+    /// README, "Connecting GitHub and Slack"); the env vars
+    /// GANTRY_GITHUB_WEBHOOK_SECRET and GANTRY_SLACK_SIGNING_SECRET override it.
+    #[arg(long, env = "GANTRY_SERVER_CONFIG")]
+    server_config: Option<PathBuf>,
     /// A file of `NAME=value` lines for environment secrets.
     #[arg(long)]
     secrets_file: Option<PathBuf>,
     /// Compiled-plugin cache directory.
     #[arg(long, env = "GANTRY_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
+}
+
+/// `gantry serve`.
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Where the API and the webhooks listen.
+    #[arg(long, default_value = "127.0.0.1:8420")]
+    listen: SocketAddr,
+    /// Handlers running at once.
+    #[arg(long, default_value_t = 32)]
+    workers: usize,
+}
+
+/// `gantry receiver`.
+#[derive(Args)]
+pub struct ReceiverArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Where the webhooks listen.
+    #[arg(long, default_value = "127.0.0.1:8421")]
+    listen: SocketAddr,
 }
 
 /// `gantry validate`.
@@ -111,18 +135,25 @@ fn crash_at() -> anyhow::Result<Option<(CrashPoint, u64)>> {
     }
 }
 
-/// Runs the API and the worker pool until SIGINT or SIGTERM.
-pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+/// The engine over the store in `--data-dir`, with the pipelines loaded
+/// and checked, and the receiver's settings. `Ok(Err(code))`: a pipeline
+/// file is invalid (already reported).
+async fn open(
+    args: &CommonArgs,
+    listen: SocketAddr,
+) -> anyhow::Result<Result<(Arc<Engine>, ReceiverConfig, tokio::net::TcpListener), ExitCode>> {
     let mut pipelines = Vec::new();
     for file in &args.config {
         match gantry_pipeline::load(file) {
             Ok(p) => pipelines.push(p),
             Err(e) => {
                 eprintln!("{e}");
-                return Ok(ExitCode::from(1));
+                return Ok(Err(ExitCode::from(1)));
             }
         }
     }
+    let receiver =
+        ReceiverConfig::load(args.server_config.as_deref()).map_err(anyhow::Error::msg)?;
     let secrets = match &args.secrets_file {
         Some(path) => read_secrets(path)?,
         None => BTreeMap::new(),
@@ -144,9 +175,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .or_else(|| Some(args.data_dir.join("plugin-cache")));
     let plugins =
         HostedPlugins::load(&pipelines, cache_dir, metrics.clone()).map_err(anyhow::Error::msg)?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("--listen {}", args.listen))?;
+        .with_context(|| format!("--listen {listen}"))?;
     let local = listener.local_addr()?;
     let engine = Arc::new(Engine::new(
         backend,
@@ -160,6 +191,17 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             ..EngineConfig::default()
         },
     ));
+    Ok(Ok((engine, receiver, listener)))
+}
+
+/// Runs the API, the webhook receiver and the worker pool until SIGINT or
+/// SIGTERM.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let (engine, receiver, listener) = match open(&args.common, args.listen).await? {
+        Ok(opened) => opened,
+        Err(code) => return Ok(code),
+    };
+    let local = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let workers = tokio::spawn(gantry_engine::worker::run(
         engine.clone(),
@@ -169,15 +211,39 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     eprintln!(
         "gantry serving {} pipeline(s) on http://{local} (data in {})",
         engine.pipelines().len(),
-        args.data_dir.display()
+        args.common.data_dir.display()
     );
-    axum::serve(listener, gantry_api::app(engine))
+    let app = gantry_api::app(engine.clone()).merge(gantry_receiver::routes(engine, receiver));
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("the API server failed")?;
     let _ = stop_tx.send(true);
     let _ = workers.await;
     eprintln!("gantry stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the webhook receiver alone: it verifies, dedupes and enqueues;
+/// workers elsewhere (or a later `gantry serve` on the same data dir)
+/// advance the runs.
+pub async fn receiver(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
+    let (engine, receiver, listener) = match open(&args.common, args.listen).await? {
+        Ok(opened) => opened,
+        Err(code) => return Ok(code),
+    };
+    let local = listener.local_addr()?;
+    eprintln!(
+        "gantry receiver on http://{local} (queue in {})",
+        args.common.data_dir.display()
+    );
+    let app = gantry_receiver::routes(engine, receiver)
+        .route("/healthz", axum::routing::get(|| async { "ok" }));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("the receiver failed")?;
+    eprintln!("gantry receiver stopped");
     Ok(ExitCode::SUCCESS)
 }
 

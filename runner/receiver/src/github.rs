@@ -1,0 +1,172 @@
+//! GitHub webhook payloads → the engine's source events.
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// What an event asks for.
+#[derive(Debug, PartialEq)]
+pub enum Translated {
+    /// A source event for the engine.
+    Event(Value),
+    /// Nothing to do, and why.
+    Ignored(String),
+}
+
+#[derive(Deserialize)]
+struct Repository {
+    full_name: String,
+}
+
+#[derive(Deserialize)]
+struct User {
+    login: String,
+}
+
+#[derive(Deserialize)]
+struct CommitAuthor {
+    username: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct HeadCommit {
+    author: Option<CommitAuthor>,
+}
+
+#[derive(Deserialize)]
+struct Push {
+    #[serde(rename = "ref")]
+    reference: String,
+    after: String,
+    #[serde(default)]
+    deleted: bool,
+    repository: Repository,
+    head_commit: Option<HeadCommit>,
+    sender: Option<User>,
+}
+
+#[derive(Deserialize)]
+struct Branch {
+    #[serde(rename = "ref")]
+    reference: String,
+}
+
+#[derive(Deserialize)]
+struct PullRequest {
+    merged: Option<bool>,
+    merge_commit_sha: Option<String>,
+    base: Branch,
+    user: Option<User>,
+    merged_by: Option<User>,
+}
+
+#[derive(Deserialize)]
+struct PullRequestEvent {
+    action: String,
+    pull_request: PullRequest,
+    repository: Repository,
+}
+
+/// Translates a `push` or `pull_request` payload. Errors name the field.
+pub fn translate(event: &str, body: &[u8]) -> Result<Translated, String> {
+    match event {
+        "push" => {
+            let push: Push =
+                serde_json::from_slice(body).map_err(|e| format!("push payload: {e}"))?;
+            let Some(branch) = push.reference.strip_prefix("refs/heads/") else {
+                return Ok(Translated::Ignored(format!(
+                    "push to {} is not a branch",
+                    push.reference
+                )));
+            };
+            if push.deleted || push.after.chars().all(|c| c == '0') {
+                return Ok(Translated::Ignored(format!("branch {branch} was deleted")));
+            }
+            // The commit author's GitHub login when GitHub knows it, else
+            // whoever pushed.
+            let author = push
+                .head_commit
+                .and_then(|c| c.author)
+                .and_then(|a| a.username)
+                .or(push.sender.map(|s| s.login));
+            Ok(Translated::Event(json!({
+                "kind": "push",
+                "repository": push.repository.full_name,
+                "branch": branch,
+                "sha": push.after,
+                "author": author,
+            })))
+        }
+        "pull_request" => {
+            let pr: PullRequestEvent =
+                serde_json::from_slice(body).map_err(|e| format!("pull_request payload: {e}"))?;
+            if pr.action != "closed" || pr.pull_request.merged != Some(true) {
+                return Ok(Translated::Ignored(format!(
+                    "pull_request `{}` is not a merge",
+                    pr.action
+                )));
+            }
+            let Some(sha) = pr.pull_request.merge_commit_sha else {
+                return Err("pull_request.merge_commit_sha is missing on a merged PR".into());
+            };
+            Ok(Translated::Event(json!({
+                "kind": "merge",
+                "repository": pr.repository.full_name,
+                "base": pr.pull_request.base.reference,
+                "sha": sha,
+                "author": pr.pull_request.user.map(|u| u.login),
+                "merged_by": pr.pull_request.merged_by.map(|u| u.login),
+            })))
+        }
+        other => Ok(Translated::Ignored(format!(
+            "`{other}` events are not used"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_to_a_branch_becomes_a_push_event() {
+        let body = json!({
+            "ref": "refs/heads/feature/x", "after": "a".repeat(40), "deleted": false,
+            "repository": {"full_name": "acme/web"},
+            "head_commit": {"author": {"username": "alice"}},
+            "sender": {"login": "bot"}
+        });
+        let t = translate("push", body.to_string().as_bytes()).expect("push");
+        assert_eq!(
+            t,
+            Translated::Event(
+                json!({"kind": "push", "repository": "acme/web", "branch": "feature/x", "sha": "a".repeat(40), "author": "alice"})
+            )
+        );
+    }
+
+    #[test]
+    fn tags_deletions_and_unmerged_prs_are_ignored() {
+        let tag = json!({"ref": "refs/tags/v1", "after": "a".repeat(40), "repository": {"full_name": "acme/web"}});
+        assert!(matches!(
+            translate("push", tag.to_string().as_bytes()),
+            Ok(Translated::Ignored(_))
+        ));
+        let deleted = json!({"ref": "refs/heads/x", "after": "0".repeat(40), "deleted": true, "repository": {"full_name": "acme/web"}});
+        assert!(matches!(
+            translate("push", deleted.to_string().as_bytes()),
+            Ok(Translated::Ignored(_))
+        ));
+        let closed = json!({"action": "closed", "repository": {"full_name": "acme/web"},
+            "pull_request": {"merged": false, "merge_commit_sha": null, "base": {"ref": "main"}}});
+        assert!(matches!(
+            translate("pull_request", closed.to_string().as_bytes()),
+            Ok(Translated::Ignored(_))
+        ));
+    }
+
+    #[test]
+    fn a_payload_missing_a_field_names_it() {
+        let err = translate("push", br#"{"ref": "refs/heads/x"}"#).expect_err("incomplete");
+        assert!(err.contains("after"), "{err}");
+    }
+}

@@ -1,0 +1,267 @@
+//! The webhook receiver. It runs inside `gantry serve` and alone as
+//! `gantry receiver`.
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /webhooks/github` | `X-Hub-Signature-256` checked on the raw body; `ping`; `push`; `pull_request` closed and merged; other events 202 and ignored. Deduped on `X-GitHub-Hook-ID` + `X-GitHub-Delivery`, enqueued durably, then 202. |
+//! | `POST /webhooks/slack/interactions` | Slack `v0` signature over `v0:{timestamp}:{body}`, timestamp within 300 s, replays refused; an Approve or Reject click becomes the mapped user's decision, and the message is updated through `response_url`. |
+//!
+//! Every refusal answers before anything is written: nothing is enqueued
+//! for a request that fails its signature.
+
+pub mod config;
+pub mod github;
+pub mod signature;
+pub mod slack;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::post;
+use gantry_engine::Engine;
+use gantry_store::{Precondition, Write};
+use serde_json::{Value, json};
+
+pub use config::ReceiverConfig;
+
+/// GitHub sends payloads up to 25 MB.
+pub const MAX_BODY: usize = 25 * 1024 * 1024;
+
+/// What the handlers share.
+struct Receiver {
+    engine: Arc<Engine>,
+    config: ReceiverConfig,
+    http: reqwest::Client,
+}
+
+/// The receiver's routes over `engine`.
+pub fn routes(engine: Arc<Engine>, config: ReceiverConfig) -> Router {
+    let state = Arc::new(Receiver {
+        engine,
+        config,
+        http: reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .unwrap_or_default(),
+    });
+    Router::new()
+        .route("/webhooks/github", post(github_hook))
+        .route("/webhooks/slack/interactions", post(slack_interaction))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+fn answer(status: StatusCode, body: Value) -> Response {
+    (status, Json(body)).into_response()
+}
+
+fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
+    let message = message.into();
+    tracing::info!(status = status.as_u16(), %message, "webhook refused");
+    answer(status, json!({ "error": message }))
+}
+
+fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn github_hook(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(secret) = &r.config.github.webhook_secret else {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "GitHub webhooks are not configured: set GANTRY_GITHUB_WEBHOOK_SECRET or github.webhook_secret",
+        );
+    };
+    if let Err(e) = signature::verify_github(
+        secret.as_bytes(),
+        header(&headers, "x-hub-signature-256"),
+        &body,
+    ) {
+        return refuse(StatusCode::UNAUTHORIZED, e.0);
+    }
+    let Some(event) = header(&headers, "x-github-event") else {
+        return refuse(StatusCode::BAD_REQUEST, "X-GitHub-Event is missing");
+    };
+    let Some(delivery) = header(&headers, "x-github-delivery") else {
+        return refuse(StatusCode::BAD_REQUEST, "X-GitHub-Delivery is missing");
+    };
+    if event == "ping" {
+        return answer(StatusCode::OK, json!({ "pong": true }));
+    }
+    let hook = header(&headers, "x-github-hook-id").unwrap_or("-");
+    let source = match github::translate(event, &body) {
+        Ok(github::Translated::Event(source)) => source,
+        Ok(github::Translated::Ignored(why)) => {
+            tracing::info!(event, delivery, %why, "GitHub event ignored");
+            return answer(StatusCode::ACCEPTED, json!({ "ignored": why }));
+        }
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
+    };
+    let id = format!("github-{hook}-{delivery}");
+    match r.engine.submit(&id, source).await {
+        Ok(submitted) => {
+            let status = if submitted.duplicate {
+                StatusCode::OK
+            } else {
+                StatusCode::ACCEPTED
+            };
+            answer(status, json!(submitted))
+        }
+        // No pipeline or environment wants it: accepted and ignored.
+        Err(e) if e.status == 422 => {
+            tracing::info!(event, delivery, why = %e.message, "GitHub event ignored");
+            answer(StatusCode::ACCEPTED, json!({ "ignored": e.message }))
+        }
+        Err(e) => refuse(
+            StatusCode::from_u16(e.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            e.message,
+        ),
+    }
+}
+
+async fn slack_interaction(
+    State(r): State<Arc<Receiver>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(secret) = &r.config.slack.signing_secret else {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Slack is not configured: set GANTRY_SLACK_SIGNING_SECRET or slack.signing_secret",
+        );
+    };
+    let now = (gantry_store::now_ms() / 1000) as i64;
+    let signature_header = header(&headers, "x-slack-signature");
+    if let Err(e) = signature::verify_slack(
+        secret.as_bytes(),
+        header(&headers, "x-slack-request-timestamp"),
+        signature_header,
+        &body,
+        now,
+    ) {
+        return refuse(StatusCode::UNAUTHORIZED, e.0);
+    }
+    let click = match slack::parse(&body) {
+        Ok(Some(click)) => click,
+        Ok(None) => return answer(StatusCode::OK, json!({ "ignored": "not a Gantry button" })),
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
+    };
+    // A signed request is unique to its timestamp and body: the same one
+    // again, inside the window, is a replay.
+    let seen = format!("slack-request/{}", signature_header.unwrap_or_default());
+    match r
+        .engine
+        .backend()
+        .write(vec![Write::put(
+            seen,
+            now.to_string().into_bytes(),
+            Precondition::DoesNotExist,
+        )])
+        .await
+    {
+        Ok(_) => {}
+        Err(gantry_store::Error::Conflict { .. }) => {
+            return refuse(
+                StatusCode::CONFLICT,
+                "this Slack request was already handled",
+            );
+        }
+        Err(e) => return refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+    let Some(user) = r.config.slack.users.get(&click.user).cloned() else {
+        let message = format!(
+            "Slack user {} is not mapped to an approver (slack.users)",
+            click.user
+        );
+        r.tell(&click, &message, false);
+        return refuse(StatusCode::FORBIDDEN, message);
+    };
+    let reason = if click.approve {
+        "approved in Slack"
+    } else {
+        "rejected in Slack"
+    };
+    match r
+        .engine
+        .decide(
+            &click.run,
+            &click.environment,
+            &user,
+            click.approve,
+            reason,
+            Some(&click.token),
+        )
+        .await
+    {
+        Ok(decision) => {
+            let verb = if click.approve {
+                "Approved"
+            } else {
+                "Rejected"
+            };
+            let still = decision["still_needed"].as_u64().unwrap_or(0);
+            let text = if !click.approve {
+                format!(
+                    "{verb} by {user}: run {} stops in {}.",
+                    click.run, click.environment
+                )
+            } else if still == 0 {
+                format!(
+                    "{verb} by {user} ({} of {}): run {} goes on in {}.",
+                    decision["approvals"], decision["required"], click.run, click.environment
+                )
+            } else {
+                format!(
+                    "{verb} by {user} ({} of {}); {still} more needed for run {} in {}.",
+                    decision["approvals"], decision["required"], click.run, click.environment
+                )
+            };
+            r.tell(&click, &text, true);
+            answer(StatusCode::OK, decision)
+        }
+        Err(e) => {
+            r.tell(&click, &format!("Refused: {}", e.message), false);
+            refuse(
+                StatusCode::from_u16(e.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                e.message,
+            )
+        }
+    }
+}
+
+impl Receiver {
+    /// Updates the clicked message through Slack's `response_url`, after
+    /// the answer: `replace` rewrites the message for everyone; otherwise
+    /// only the clicker sees `text`.
+    fn tell(&self, click: &slack::Click, text: &str, replace: bool) {
+        let Some(url) = click.response_url.clone() else {
+            return;
+        };
+        let body = if replace {
+            json!({ "replace_original": true, "text": text })
+        } else {
+            json!({ "response_type": "ephemeral", "replace_original": false, "text": text })
+        };
+        let http = self.http.clone();
+        tokio::spawn(async move {
+            let request = http
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body.to_string());
+            match request.send().await {
+                Ok(resp) if resp.status().is_success() => {}
+                Ok(resp) => {
+                    tracing::warn!(
+                        status = resp.status().as_u16(),
+                        "Slack response_url refused the update"
+                    );
+                }
+                Err(e) => tracing::warn!(error = %e, "Slack response_url unreachable"),
+            }
+        });
+    }
+}

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Load check of the webhook receiver (README, Performance): `wrk` drives
+# `gantry receiver` on loopback with signed 8 KB GitHub pushes, each with its
+# own delivery id, so every one is verified, deduped and enqueued durably
+# (one SQLite transaction) before its 202; then the same server's no-op
+# route (`GET /healthz`) with the same connections, for the ratio.
+#   bash tests/load_receiver.sh [SECONDS] [CONNECTIONS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds="${1:-10}"
+connections="${2:-32}"
+command -v wrk >/dev/null || { echo "== installing wrk"; sudo apt-get install -y wrk >/dev/null; }
+rustup toolchain install >/dev/null
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/gantry-target}"
+cargo build --release --locked -q -p gantry-cli
+gantry="$CARGO_TARGET_DIR/release/gantry"
+
+work=$(mktemp -d)
+pid=""
+cleanup() {
+  [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+cat >"$work/gantry.yaml" <<'EOF'
+pipeline: web
+repository: acme/web
+environments:
+  dev:
+    trigger:
+      push: { branches: ["feature/*"] }
+    steps:
+      - deploy:
+          command: ["true"]
+EOF
+secret="load-check-secret"
+# A push of about 8 KB: the head commit plus commits with long messages.
+python3 - "$work/body.json" <<'EOF'
+import json, sys
+commits = [{"id": f"{i:040x}", "message": "m" * 700, "author": {"username": "alice"}} for i in range(10)]
+body = {"ref": "refs/heads/feature/load", "after": "b" * 40, "deleted": False,
+        "repository": {"full_name": "acme/web"}, "sender": {"login": "alice"},
+        "head_commit": {"author": {"username": "alice"}}, "commits": commits}
+open(sys.argv[1], "w").write(json.dumps(body))
+EOF
+signature="sha256=$(openssl dgst -sha256 -hmac "$secret" -r "$work/body.json" | cut -d' ' -f1)"
+
+GANTRY_GITHUB_WEBHOOK_SECRET="$secret" "$gantry" receiver --config "$work/gantry.yaml" \
+  --data-dir "$work/data" --listen 127.0.0.1:0 >"$work/receiver.log" 2>&1 &
+pid=$!
+addr=""
+for _ in $(seq 100); do
+  addr=$(sed -n 's/^gantry receiver on http:\/\/\([^ ]*\).*/\1/p' "$work/receiver.log")
+  [ -n "$addr" ] && break
+  sleep 0.1
+done
+[ -n "$addr" ] || { cat "$work/receiver.log" >&2; exit 1; }
+
+cat >"$work/push.lua" <<'EOF'
+local threads = 0
+function setup(thread)
+  thread:set("id", threads)
+  threads = threads + 1
+end
+function init(args)
+  local f = io.open(os.getenv("BODY_FILE"), "rb")
+  body = f:read("*a")
+  f:close()
+  signature = os.getenv("SIGNATURE")
+  counter = 0
+end
+function request()
+  counter = counter + 1
+  return wrk.format("POST", "/webhooks/github", {
+    ["Content-Type"] = "application/json",
+    ["X-GitHub-Event"] = "push",
+    ["X-GitHub-Hook-ID"] = "1",
+    ["X-GitHub-Delivery"] = "load-" .. id .. "-" .. counter,
+    ["X-Hub-Signature-256"] = signature,
+  }, body)
+end
+EOF
+
+run() { # name, wrk args...
+  local name=$1
+  shift
+  wrk --latency -t2 -c"$connections" -d"${seconds}s" "$@" >"$work/$name.out"
+  local rps p99 errors
+  rps=$(awk '/^Requests\/sec:/ {print $2}' "$work/$name.out")
+  p99=$(awk '$1 == "99%" {print $2}' "$work/$name.out")
+  errors=$(awk '/Non-2xx or 3xx responses:/ {print $5}' "$work/$name.out")
+  echo "$name $rps ${p99:-?} ${errors:-0}"
+}
+
+echo "== wrk, ${seconds}s, $connections connections, 2 threads, against $addr"
+pushes=$(BODY_FILE="$work/body.json" SIGNATURE="$signature" run pushes -s "$work/push.lua" "http://$addr")
+noop=$(run noop "http://$addr/healthz")
+read -r _ push_rps push_p99 push_errors <<<"$pushes"
+read -r _ noop_rps noop_p99 noop_errors <<<"$noop"
+body_bytes=$(wc -c <"$work/body.json")
+echo "| route | requests/s | p99 | non-2xx |"
+echo "|---|---|---|---|"
+echo "| POST /webhooks/github, signed ${body_bytes}-byte push, enqueued durably | $push_rps | $push_p99 | $push_errors |"
+echo "| GET /healthz (no-op) | $noop_rps | $noop_p99 | $noop_errors |"
+python3 -c "print(f'durable pushes / no-op: {float(\"$push_rps\") / float(\"$noop_rps\"):.0%}')"
+if [ "$push_errors" != "0" ]; then
+  echo "some pushes were not accepted:" >&2
+  tail -5 "$work/receiver.log" >&2
+  exit 1
+fi

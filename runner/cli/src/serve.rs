@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::Args;
 use gantry_engine::{CrashPoint, Engine, EngineConfig, HostedPlugins, Metrics};
+use gantry_github::{GithubAuth, GithubReporter};
 use gantry_receiver::ReceiverConfig;
 use gantry_store::Backend;
 use gantry_store_sqlite::{Options, SqliteBackend};
@@ -179,7 +180,7 @@ async fn open(
         .await
         .with_context(|| format!("--listen {listen}"))?;
     let local = listener.local_addr()?;
-    let engine = Arc::new(Engine::new(
+    let mut engine = Engine::new(
         backend,
         pipelines,
         Arc::new(plugins),
@@ -190,8 +191,33 @@ async fn open(
             secrets,
             ..EngineConfig::default()
         },
-    ));
-    Ok(Ok((engine, receiver, listener)))
+    );
+    if let Some(reporter) = github_reporter(&receiver.github)? {
+        engine = engine.with_reporter(Arc::new(reporter));
+    }
+    Ok(Ok((Arc::new(engine), receiver, listener)))
+}
+
+/// The GitHub deployment reporter, when a token or an App is configured.
+fn github_reporter(
+    settings: &gantry_receiver::config::GithubHooks,
+) -> anyhow::Result<Option<GithubReporter>> {
+    let auth = match (&settings.token, settings.app_id, &settings.private_key_file) {
+        (Some(token), _, _) => GithubAuth::Token(token.clone()),
+        (None, Some(app_id), Some(path)) => GithubAuth::App {
+            app_id,
+            private_key_pem: std::fs::read(path)
+                .with_context(|| format!("github.private_key_file {}", path.display()))?,
+        },
+        _ => return Ok(None),
+    };
+    let url = settings
+        .api_url
+        .as_deref()
+        .unwrap_or("https://api.github.com");
+    Ok(Some(
+        GithubReporter::new(url, auth).map_err(anyhow::Error::msg)?,
+    ))
 }
 
 /// Runs the API, the webhook receiver and the worker pool until SIGINT or

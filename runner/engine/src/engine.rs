@@ -26,6 +26,7 @@ use crate::deploy::{self, DeployRequest};
 use crate::metrics::{Metrics, Snapshot};
 use crate::model::*;
 use crate::plugins::{EnvironmentSecrets, PluginRunner};
+use crate::report::{DeploymentReport, DeploymentReporter};
 
 mod people;
 mod queries;
@@ -158,6 +159,7 @@ pub struct Engine {
     backend: Arc<dyn Backend>,
     pipelines: Vec<Arc<Pipeline>>,
     plugins: Arc<dyn PluginRunner>,
+    reporter: Option<Arc<dyn DeploymentReporter>>,
     http: reqwest::Client,
     metrics: Arc<Metrics>,
     config: EngineConfig,
@@ -282,6 +284,7 @@ impl Engine {
             backend,
             pipelines: pipelines.into_iter().map(Arc::new).collect(),
             plugins,
+            reporter: None,
             http: reqwest::Client::new(),
             metrics,
             config,
@@ -289,6 +292,13 @@ impl Engine {
             env_locks: std::sync::Mutex::default(),
             active: std::sync::Mutex::default(),
         }
+    }
+
+    /// Reports every environment's deployments through `reporter` (GitHub
+    /// Deployments and commit statuses).
+    pub fn with_reporter(mut self, reporter: Arc<dyn DeploymentReporter>) -> Self {
+        self.reporter = Some(reporter);
+        self
     }
 
     /// The backend.
@@ -536,6 +546,7 @@ impl Engine {
                         locked: false,
                         deployed: false,
                         ticket: None,
+                        deployment_id: None,
                         migrations: vec![],
                         rollback_done: vec![],
                         failure: None,
@@ -547,6 +558,7 @@ impl Engine {
             current: 0,
             wake: 1,
             outbox: vec![],
+            reports: vec![],
             effect: None,
             created_ms: now,
             updated_ms: now,
@@ -900,6 +912,37 @@ impl Engine {
         Ok(())
     }
 
+    /// Queues a deployment report for the current stage, when a reporter
+    /// is configured. `deployment`: the replaced one, for `inactive`.
+    fn report(
+        &self,
+        run: &mut Run,
+        state: DeploymentState,
+        description: String,
+        deployment: Option<u64>,
+    ) {
+        if self.reporter.is_none() {
+            return;
+        }
+        let env = run
+            .stage()
+            .map(|s| s.environment.clone())
+            .unwrap_or_default();
+        let key = format!(
+            "{}/{env}/{}-{}",
+            run.id,
+            state_name(state),
+            run.reports.len()
+        );
+        run.reports.push(PendingReport {
+            stage: run.current,
+            state,
+            description,
+            deployment,
+            key,
+        });
+    }
+
     fn context(
         &self,
         run: &Run,
@@ -997,6 +1040,16 @@ fn with_list(with: &BTreeMap<String, gantry_pipeline::ConfigValue>) -> Vec<(Stri
 
 fn observations(evidence: Vec<Observation>) -> Vec<(String, String)> {
     evidence.into_iter().map(|o| (o.name, o.value)).collect()
+}
+
+fn state_name(state: DeploymentState) -> &'static str {
+    match state {
+        DeploymentState::Queued => "queued",
+        DeploymentState::InProgress => "in_progress",
+        DeploymentState::Success => "success",
+        DeploymentState::Failure => "failure",
+        DeploymentState::Inactive => "inactive",
+    }
 }
 
 fn short(sha: &str) -> &str {

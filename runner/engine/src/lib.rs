@@ -13,8 +13,10 @@ mod engine;
 mod metrics;
 pub mod model;
 mod plugins;
+mod report;
 pub mod worker;
 
 pub use engine::{CrashPoint, DecideError, Engine, EngineConfig, HandleError, Submitted};
 pub use metrics::{Metrics, Snapshot};
 pub use plugins::{EnvironmentSecrets, HostedPlugins, PluginFailure, PluginRunner};
+pub use report::{DeploymentReport, DeploymentReporter};

@@ -213,6 +213,10 @@ pub struct Run {
     pub wake: u64,
     /// Notifications still to send, oldest first.
     pub outbox: Vec<Notification>,
+    /// Deployment reports still to send, oldest first (after the
+    /// notifications).
+    #[serde(default)]
+    pub reports: Vec<PendingReport>,
     /// A side effect started and not yet recorded.
     pub effect: Option<EffectIntent>,
     /// Created, Unix ms.
@@ -226,7 +230,12 @@ pub struct Run {
 impl Run {
     /// Whether nothing is left to do: terminal and every notification sent.
     pub fn is_done(&self) -> bool {
-        self.status.is_terminal() && self.outbox.is_empty()
+        self.status.is_terminal() && !self.has_deliveries()
+    }
+
+    /// Whether notifications or deployment reports are still to be sent.
+    pub fn has_deliveries(&self) -> bool {
+        !self.outbox.is_empty() || !self.reports.is_empty()
     }
 
     /// The current stage, if any.
@@ -247,6 +256,37 @@ pub struct EffectIntent {
     pub lease_owner: String,
     /// When the lease ends, Unix ms.
     pub lease_until_ms: u64,
+}
+
+/// A deployment's state as reported to the source host (GitHub).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentState {
+    /// The artifact entered the environment.
+    Queued,
+    /// It holds the environment and changes it.
+    InProgress,
+    /// It passed every step.
+    Success,
+    /// It failed (and was rolled back, when the environment says so).
+    Failure,
+    /// Another artifact replaced it.
+    Inactive,
+}
+
+/// A deployment report to deliver, in order, like a notification.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingReport {
+    /// The stage it concerns.
+    pub stage: usize,
+    /// The state to report.
+    pub state: DeploymentState,
+    /// One line for people.
+    pub description: String,
+    /// For `inactive`: the replaced deployment; otherwise the stage's own.
+    pub deployment: Option<u64>,
+    /// The idempotency key.
+    pub key: String,
 }
 
 /// A notification to deliver.
@@ -304,6 +344,9 @@ pub struct Stage {
     pub locked: bool,
     /// Whether a deploy has changed the environment.
     pub deployed: bool,
+    /// Its deployment at the source host (GitHub), once reported there.
+    #[serde(default)]
+    pub deployment_id: Option<u64>,
     /// Its place in the environment's queue while it waits for the lock;
     /// kept when it is woken, so it queues again at the front if another
     /// run took the lock first.
@@ -446,6 +489,9 @@ pub struct Deployed {
     pub run: String,
     /// When, Unix ms.
     pub at_ms: u64,
+    /// Its deployment at the source host (GitHub), when reported there.
+    #[serde(default)]
+    pub deployment_id: Option<u64>,
 }
 
 /// The evidence for one artifact in one environment.

@@ -1,9 +1,14 @@
-//! The receiver's settings: webhook secrets and Slack identities, from a
-//! TOML file (`--server-config`) and the environment.
+//! The server's GitHub and Slack settings: webhook secrets, Slack
+//! identities and GitHub API access, from a TOML file (`--server-config`)
+//! and the environment.
 //!
 //! ```toml
 //! [github]
 //! webhook_secret = "..."     # or GANTRY_GITHUB_WEBHOOK_SECRET
+//! api_url = "https://api.github.com"   # or GANTRY_GITHUB_API_URL
+//! token = "..."              # or GANTRY_GITHUB_TOKEN; or a GitHub App:
+//! app_id = 12345             # or GANTRY_GITHUB_APP_ID
+//! private_key_file = "app.pem"  # or GANTRY_GITHUB_APP_PRIVATE_KEY_FILE
 //!
 //! [slack]
 //! signing_secret = "..."     # or GANTRY_SLACK_SIGNING_SECRET
@@ -28,12 +33,22 @@ pub struct ReceiverConfig {
     pub slack: SlackApp,
 }
 
-/// GitHub webhook settings.
+/// GitHub settings: the webhook's secret, and API access for reporting
+/// deployments (a token, or a GitHub App); without API access nothing is
+/// reported.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GithubHooks {
     /// The webhook's secret; without one, `/webhooks/github` answers 503.
     pub webhook_secret: Option<String>,
+    /// The API's base URL (GitHub Enterprise: `https://HOST/api/v3`).
+    pub api_url: Option<String>,
+    /// A token allowed to write deployments and commit statuses.
+    pub token: Option<String>,
+    /// A GitHub App's id (with `private_key_file`), instead of a token.
+    pub app_id: Option<u64>,
+    /// The GitHub App's private key (PEM).
+    pub private_key_file: Option<std::path::PathBuf>,
 }
 
 /// Slack app settings.
@@ -67,6 +82,24 @@ impl ReceiverConfig {
         }
         if let Ok(secret) = std::env::var("GANTRY_SLACK_SIGNING_SECRET") {
             config.slack.signing_secret = Some(secret);
+        }
+        if let Ok(url) = std::env::var("GANTRY_GITHUB_API_URL") {
+            config.github.api_url = Some(url);
+        }
+        if let Ok(token) = std::env::var("GANTRY_GITHUB_TOKEN") {
+            config.github.token = Some(token);
+        }
+        if let Ok(id) = std::env::var("GANTRY_GITHUB_APP_ID") {
+            let id = id
+                .parse()
+                .map_err(|_| format!("GANTRY_GITHUB_APP_ID `{id}` is not a number"))?;
+            config.github.app_id = Some(id);
+        }
+        if let Ok(path) = std::env::var("GANTRY_GITHUB_APP_PRIVATE_KEY_FILE") {
+            config.github.private_key_file = Some(path.into());
+        }
+        if config.github.app_id.is_some() != config.github.private_key_file.is_some() {
+            return Err("github.app_id and github.private_key_file go together".into());
         }
         for (name, secret) in [
             ("github.webhook_secret", &config.github.webhook_secret),

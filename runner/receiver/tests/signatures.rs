@@ -50,6 +50,7 @@ impl Receiver {
         let config = ReceiverConfig {
             github: config::GithubHooks {
                 webhook_secret: github.map(str::to_string),
+                ..config::GithubHooks::default()
             },
             slack: config::SlackApp {
                 signing_secret: slack.map(str::to_string),

@@ -14,6 +14,11 @@ impl Engine {
             self.deliver(run, version, tx, &pipeline, note).await?;
             return Ok("notify");
         }
+        if let Some(report) = run.reports.first().cloned() {
+            self.deliver_report(run, version, tx, &pipeline, report)
+                .await?;
+            return Ok("report");
+        }
         let Some(stage) = run.stage() else {
             return Err(HandleError::now("the run has no current stage"));
         };
@@ -87,7 +92,7 @@ impl Engine {
             self.end_effect(run);
         }
         run.outbox.remove(0);
-        if !run.outbox.is_empty() {
+        if run.has_deliveries() {
             // Same wake token: a parked run's timer stays armed.
             tx.send.push(Outgoing::now(encode(&Message::Advance {
                 run: run.id.clone(),
@@ -96,6 +101,64 @@ impl Engine {
         } else if !run.status.is_terminal() {
             // The Advance that delivered may also be the one an approval or
             // a timer sent: look at the run again (a parked step re-parks).
+            Self::continue_now(tx);
+        }
+        Ok(())
+    }
+
+    async fn deliver_report(
+        &self,
+        run: &mut Run,
+        version: &mut u64,
+        tx: &mut Tx,
+        pipeline: &Pipeline,
+        report: PendingReport,
+    ) -> Result<(), HandleError> {
+        let env_name = run
+            .stages
+            .get(report.stage)
+            .map(|s| s.environment.clone())
+            .unwrap_or_default();
+        if let (Some(reporter), Some(env)) =
+            (self.reporter.clone(), pipeline.environment(&env_name))
+        {
+            let deployment = match report.state {
+                DeploymentState::Inactive => report.deployment,
+                _ => run.stages[report.stage].deployment_id,
+            };
+            let request = DeploymentReport {
+                key: format!("{}/{env_name}", run.id),
+                repository: run.artifact.repository.clone(),
+                sha: run.artifact.commit_sha.clone(),
+                environment: env_name.clone(),
+                state: report.state,
+                description: report.description.clone(),
+                deployment,
+                environment_url: env.config.get("url").cloned(),
+                log_url: self
+                    .config
+                    .public_url
+                    .as_ref()
+                    .map(|base| format!("{}/api/runs/{}", base.trim_end_matches('/'), run.id)),
+            };
+            self.begin_effect(run, version, &report.key).await?;
+            let id = reporter
+                .report(&request)
+                .await
+                .map_err(|e| HandleError::later(format!("deployment report: {e}")))?;
+            self.end_effect(run);
+            if report.state != DeploymentState::Inactive {
+                run.stages[report.stage].deployment_id = Some(id);
+            }
+        }
+        run.reports.remove(0);
+        if !run.reports.is_empty() {
+            // Same wake token: a parked run's timer stays armed.
+            tx.send.push(Outgoing::now(encode(&Message::Advance {
+                run: run.id.clone(),
+                wake: run.wake,
+            })));
+        } else if !run.status.is_terminal() {
             Self::continue_now(tx);
         }
         Ok(())
@@ -132,6 +195,12 @@ impl Engine {
         stage.started_ms = Some(now_ms());
         run.status = RunStatus::Running;
         run.reason = None;
+        self.report(
+            run,
+            DeploymentState::Queued,
+            format!("{} entered {}", short(&run.artifact.commit_sha), env.name),
+            None,
+        );
         let summary = format!(
             "{} {} started in {}",
             run.artifact.repository,
@@ -222,6 +291,12 @@ impl Engine {
         stage.status = StageStatus::Running;
         run.status = RunStatus::Running;
         run.reason = None;
+        self.report(
+            run,
+            DeploymentState::InProgress,
+            format!("deploying {}", short(&run.artifact.commit_sha)),
+            None,
+        );
         Self::continue_now(tx);
         Ok(())
     }
@@ -458,6 +533,7 @@ impl Engine {
         }
         run.stages[run.current].status = StageStatus::Failed;
         self.release_env(tx, pipeline, env, &run.id).await?;
+        self.report(run, DeploymentState::Failure, reason.clone(), None);
         self.end_run(run, RunStatus::Failed, reason.clone());
         self.notify(
             run,
@@ -474,7 +550,7 @@ impl Engine {
             ),
         )
         .await?;
-        if !run.outbox.is_empty() {
+        if run.has_deliveries() {
             Self::continue_now(tx);
         }
         Ok(())
@@ -513,13 +589,34 @@ impl Engine {
             artifact: run.artifact.clone(),
             run: run.id.clone(),
             at_ms: now_ms(),
+            deployment_id: run.stages[run.current].deployment_id,
         };
+        let mut replaced = None;
         if run.stages[run.current].deployed {
             let state = self.env_state(tx, &pipeline.name, &env.name).await?;
             if state.current.as_ref().map(|d| &d.artifact) != Some(&deployed.artifact) {
                 state.previous = state.current.take();
+                replaced = state
+                    .previous
+                    .as_ref()
+                    .and_then(|d| d.deployment_id)
+                    .filter(|id| Some(*id) != deployed.deployment_id);
             }
             state.current = Some(deployed);
+        }
+        self.report(
+            run,
+            DeploymentState::Success,
+            format!("{} passed every step", short(&run.artifact.commit_sha)),
+            None,
+        );
+        if let Some(id) = replaced {
+            self.report(
+                run,
+                DeploymentState::Inactive,
+                format!("replaced by {}", short(&run.artifact.commit_sha)),
+                Some(id),
+            );
         }
         self.release_env(tx, pipeline, env, &run.id).await?;
         let summary = format!(
@@ -548,7 +645,7 @@ impl Engine {
             run.current += 1;
         } else {
             self.end_run(run, RunStatus::Succeeded, "every environment passed".into());
-            if run.outbox.is_empty() {
+            if !run.has_deliveries() {
                 return Ok(());
             }
         }
@@ -751,7 +848,7 @@ impl Engine {
                 .await?;
         }
         Self::wake_after(run, tx, Duration::from_millis(deadline - now), reason);
-        if !run.outbox.is_empty() {
+        if run.has_deliveries() {
             // Deliver the notifications now; the timer stays armed because
             // delivering does not change the wake token.
             tx.send.push(Outgoing::now(encode(&Message::Advance {
@@ -1075,6 +1172,7 @@ impl Engine {
         } else {
             StageStatus::Failed
         };
+        self.report(run, DeploymentState::Failure, reason.clone(), None);
         self.end_run(run, status, reason.clone());
         let event = if status == RunStatus::RolledBack {
             NotifyEvent::RolledBack
@@ -1082,7 +1180,7 @@ impl Engine {
             NotifyEvent::Failed
         };
         self.notify(run, tx, env, event, kind, reason).await?;
-        if !run.outbox.is_empty() {
+        if run.has_deliveries() {
             Self::continue_now(tx);
         }
         Ok(())

@@ -1,0 +1,230 @@
+//! Reports deployments to GitHub through octocrab (any GitHub, Enterprise
+//! included, by base URL), with a personal access token or as a GitHub App.
+//!
+//! For each environment an artifact enters: one Deployment (ref = the SHA,
+//! `payload.gantry_key` = the engine's key for it), its statuses (`queued`,
+//! `in_progress`, `success`, `failure`, and `inactive` when a later artifact
+//! replaces it), and a commit status `gantry/{environment}` on the SHA.
+//!
+//! octocrab is built without its retry layer: it would repeat a POST after
+//! a 5xx, and a Deployment could be created twice. A create is made safe to
+//! repeat instead: it first looks for a Deployment carrying the same key.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use gantry_engine::model::DeploymentState;
+use gantry_engine::{DeploymentReport, DeploymentReporter};
+use octocrab::Octocrab;
+use serde_json::{Value, json};
+
+/// How Gantry signs in to GitHub.
+#[derive(Clone)]
+pub enum GithubAuth {
+    /// A personal access token (or any token with `repo_deployments` and
+    /// `repo:status`).
+    Token(String),
+    /// A GitHub App: its id and private key (PEM). Each repository's
+    /// installation token is fetched, and renewed, as needed.
+    App {
+        /// The App id.
+        app_id: u64,
+        /// The App's private key, PEM.
+        private_key_pem: Vec<u8>,
+    },
+}
+
+/// A [`DeploymentReporter`] for GitHub.
+pub struct GithubReporter {
+    root: Octocrab,
+    app: bool,
+    installations: tokio::sync::Mutex<HashMap<String, Octocrab>>,
+}
+
+fn error(what: &str, e: octocrab::Error) -> String {
+    match e {
+        octocrab::Error::GitHub { source, .. } => format!(
+            "{what}: GitHub answered {}: {}",
+            source.status_code, source.message
+        ),
+        other => format!("{what}: {other}"),
+    }
+}
+
+/// GitHub takes at most 140 characters of description.
+fn clip(text: &str) -> String {
+    text.chars().take(140).collect()
+}
+
+impl GithubReporter {
+    /// A reporter for the GitHub API at `base_url` (e.g.
+    /// `https://api.github.com`, or `https://ghe.example.com/api/v3`).
+    pub fn new(base_url: &str, auth: GithubAuth) -> Result<Self, String> {
+        let builder = Octocrab::builder()
+            .base_uri(base_url)
+            .map_err(|e| format!("GitHub base URL `{base_url}`: {e}"))?;
+        let (root, app) = match auth {
+            GithubAuth::Token(token) => (builder.personal_token(token).build(), false),
+            GithubAuth::App {
+                app_id,
+                private_key_pem,
+            } => (
+                builder
+                    .app_from_rsa_pem(app_id.into(), private_key_pem)
+                    .map_err(|e| format!("GitHub App private key: {e}"))?
+                    .build(),
+                true,
+            ),
+        };
+        Ok(GithubReporter {
+            root: root.map_err(|e| format!("GitHub client: {e}"))?,
+            app,
+            installations: tokio::sync::Mutex::default(),
+        })
+    }
+
+    /// The client for `owner/repo`: the token's, or the App installation's.
+    async fn client(&self, owner: &str, repo: &str) -> Result<Octocrab, String> {
+        if !self.app {
+            return Ok(self.root.clone());
+        }
+        let key = format!("{owner}/{repo}");
+        let mut installations = self.installations.lock().await;
+        if let Some(client) = installations.get(&key) {
+            return Ok(client.clone());
+        }
+        let installation: Value = self
+            .root
+            .get(format!("/repos/{owner}/{repo}/installation"), None::<&()>)
+            .await
+            .map_err(|e| error(&format!("the App's installation on {key}"), e))?;
+        let id = installation["id"]
+            .as_u64()
+            .ok_or_else(|| format!("the App's installation on {key} has no id"))?;
+        let client = self
+            .root
+            .installation(id.into())
+            .map_err(|e| error("installation client", e))?;
+        installations.insert(key, client.clone());
+        Ok(client)
+    }
+
+    /// The Deployment an earlier attempt created for `report.key`, or a new
+    /// one.
+    async fn find_or_create(
+        &self,
+        gh: &Octocrab,
+        owner: &str,
+        repo: &str,
+        report: &DeploymentReport,
+    ) -> Result<u64, String> {
+        let existing: Value = gh
+            .get(
+                format!("/repos/{owner}/{repo}/deployments"),
+                Some(&json!({
+                    "sha": report.sha,
+                    "environment": report.environment,
+                    "per_page": 100,
+                })),
+            )
+            .await
+            .map_err(|e| error("listing deployments", e))?;
+        let found = existing.as_array().and_then(|list| {
+            list.iter()
+                .find(|d| d["payload"]["gantry_key"] == report.key.as_str())
+                .and_then(|d| d["id"].as_u64())
+        });
+        if let Some(id) = found {
+            return Ok(id);
+        }
+        let created: Value = gh
+            .post(
+                format!("/repos/{owner}/{repo}/deployments"),
+                Some(&json!({
+                    "ref": report.sha,
+                    "environment": report.environment,
+                    "description": clip(&report.description),
+                    "auto_merge": false,
+                    "required_contexts": [],
+                    "payload": {"gantry_key": report.key},
+                    "transient_environment": false,
+                })),
+            )
+            .await
+            .map_err(|e| error("creating a deployment", e))?;
+        created["id"]
+            .as_u64()
+            .ok_or_else(|| format!("GitHub created a deployment without an id: {created}"))
+    }
+}
+
+#[async_trait]
+impl DeploymentReporter for GithubReporter {
+    async fn report(&self, report: &DeploymentReport) -> Result<u64, String> {
+        let (owner, repo) = report
+            .repository
+            .split_once('/')
+            .ok_or_else(|| format!("repository `{}` is not owner/name", report.repository))?;
+        let gh = self.client(owner, repo).await?;
+        let id = match report.deployment {
+            Some(id) => id,
+            None => self.find_or_create(&gh, owner, repo, report).await?,
+        };
+        let state = match report.state {
+            DeploymentState::Queued => "queued",
+            DeploymentState::InProgress => "in_progress",
+            DeploymentState::Success => "success",
+            DeploymentState::Failure => "failure",
+            DeploymentState::Inactive => "inactive",
+        };
+        let mut status = json!({
+            "state": state,
+            "description": clip(&report.description),
+            "auto_inactive": false,
+        });
+        if let Some(url) = &report.environment_url {
+            status["environment_url"] = json!(url);
+        }
+        if let Some(url) = &report.log_url {
+            status["log_url"] = json!(url);
+        }
+        let _: Value = gh
+            .post(
+                format!("/repos/{owner}/{repo}/deployments/{id}/statuses"),
+                Some(&status),
+            )
+            .await
+            .map_err(|e| error("posting a deployment status", e))?;
+        let commit_state = match report.state {
+            DeploymentState::Queued | DeploymentState::InProgress => Some("pending"),
+            DeploymentState::Success => Some("success"),
+            DeploymentState::Failure => Some("failure"),
+            DeploymentState::Inactive => None,
+        };
+        if let Some(commit_state) = commit_state {
+            let mut body = json!({
+                "state": commit_state,
+                "context": format!("gantry/{}", report.environment),
+                "description": clip(&report.description),
+            });
+            if let Some(url) = &report.log_url {
+                body["target_url"] = json!(url);
+            }
+            let _: Value = gh
+                .post(
+                    format!("/repos/{owner}/{repo}/statuses/{}", report.sha),
+                    Some(&body),
+                )
+                .await
+                .map_err(|e| error("posting a commit status", e))?;
+        }
+        tracing::info!(
+            repository = %report.repository,
+            environment = %report.environment,
+            deployment = id,
+            state,
+            "reported to GitHub"
+        );
+        Ok(id)
+    }
+}

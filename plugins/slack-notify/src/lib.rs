@@ -30,10 +30,12 @@ fn blocks(ctx: &StepContext, event: &Event) -> Vec<Value> {
     let sha = &ctx.artifact.commit_sha;
     let short = &sha[..sha.len().min(7)];
     let mut blocks = vec![text_block(&format!("*{}*", event.summary))];
-    blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!(
-        "{} `{short}` · {} · run {}",
-        ctx.artifact.repository, ctx.environment, ctx.run_id
-    )}]}));
+    blocks.push(
+        json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!(
+            "{} `{short}` · {} · run {}",
+            ctx.artifact.repository, ctx.environment, ctx.run_id
+        )}]}),
+    );
     match &event.kind {
         EventKind::AwaitingApproval(request) => {
             if !event.evidence.is_empty() {
@@ -43,7 +45,10 @@ fn blocks(ctx: &StepContext, event: &Event) -> Vec<Value> {
                     .take(15)
                     .map(|o| format!("• {}: {}", o.name, o.value))
                     .collect();
-                blocks.push(text_block(&format!("Evidence so far:\n{}", lines.join("\n"))));
+                blocks.push(text_block(&format!(
+                    "Evidence so far:\n{}",
+                    lines.join("\n")
+                )));
             }
             let mut rules = format!(
                 "Needs {} approval(s), {} so far, from: {}.",
@@ -61,12 +66,14 @@ fn blocks(ctx: &StepContext, event: &Event) -> Vec<Value> {
                 "token": request.token,
             })
             .to_string();
-            blocks.push(json!({"type": "actions", "block_id": "gantry_decision", "elements": [
-                {"type": "button", "action_id": "gantry_approve", "style": "primary",
-                 "text": {"type": "plain_text", "text": "Approve"}, "value": value},
-                {"type": "button", "action_id": "gantry_reject", "style": "danger",
-                 "text": {"type": "plain_text", "text": "Reject"}, "value": value},
-            ]}));
+            blocks.push(
+                json!({"type": "actions", "block_id": "gantry_decision", "elements": [
+                    {"type": "button", "action_id": "gantry_approve", "style": "primary",
+                     "text": {"type": "plain_text", "text": "Approve"}, "value": value},
+                    {"type": "button", "action_id": "gantry_reject", "style": "danger",
+                     "text": {"type": "plain_text", "text": "Reject"}, "value": value},
+                ]}),
+            );
         }
         EventKind::Failed(reason) => blocks.push(text_block(&format!("Failed: {reason}"))),
         EventKind::RolledBack(r) => blocks.push(text_block(&format!(
@@ -107,8 +114,8 @@ impl Notifier for SlackNotify {
         let url = ctx.config("api_url").unwrap_or(API_URL);
         let body = json!({"channel": channel, "text": fallback, "blocks": blocks}).to_string();
         let auth = format!("Bearer {token}");
-        let response = http::post_json(url, &body, &[("authorization", &auth)])
-            .map_err(|e| e.describe())?;
+        let response =
+            http::post_json(url, &body, &[("authorization", &auth)]).map_err(|e| e.describe())?;
         if response.status != 200 {
             return Err(format!(
                 "chat.postMessage answered {}: {}",

@@ -166,6 +166,36 @@ pub struct Engine {
     crash_counter: AtomicU64,
     env_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     active: std::sync::Mutex<std::collections::HashSet<String>>,
+    intake: std::sync::OnceLock<tokio::sync::mpsc::Sender<Intake>>,
+}
+
+/// An accepted event's checkpoint and where its result goes.
+type Intake = (
+    Checkpoint,
+    tokio::sync::oneshot::Sender<Result<Vec<u64>, gantry_store::Error>>,
+);
+
+/// Most accepted events committed in one transaction.
+const INTAKE_BATCH: usize = 256;
+
+/// Commits accepted events as they come, each batch in one
+/// [`Backend::checkpoint_batch`]: whatever arrived while the last batch was
+/// committing goes in the next (group commit).
+async fn commit_intake(backend: Arc<dyn Backend>, mut queue: tokio::sync::mpsc::Receiver<Intake>) {
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < INTAKE_BATCH {
+            match queue.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let (checkpoints, answers): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let results = backend.checkpoint_batch(checkpoints).await;
+        for (answer, result) in answers.into_iter().zip(results) {
+            let _ = answer.send(result);
+        }
+    }
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -291,6 +321,7 @@ impl Engine {
             crash_counter: AtomicU64::new(0),
             env_locks: std::sync::Mutex::default(),
             active: std::sync::Mutex::default(),
+            intake: std::sync::OnceLock::new(),
         }
     }
 
@@ -370,8 +401,7 @@ impl Engine {
             event,
         };
         let result = self
-            .backend
-            .checkpoint(Checkpoint {
+            .enqueue(Checkpoint {
                 writes: vec![Write::put(
                     delivery_key(delivery),
                     encode(&record),
@@ -392,6 +422,23 @@ impl Engine {
             duplicate,
             environments,
         })
+    }
+
+    /// Commits an accepted event's checkpoint together with the others that
+    /// arrive meanwhile; returns once this one is durable.
+    async fn enqueue(&self, checkpoint: Checkpoint) -> Result<Vec<u64>, gantry_store::Error> {
+        let intake = self.intake.get_or_init(|| {
+            let (sender, queue) = tokio::sync::mpsc::channel(INTAKE_BATCH * 4);
+            tokio::spawn(commit_intake(self.backend.clone(), queue));
+            sender
+        });
+        let stopped = || gantry_store::Error::Unavailable("the event intake stopped".into());
+        let (answer, result) = tokio::sync::oneshot::channel();
+        intake
+            .send((checkpoint, answer))
+            .await
+            .map_err(|_| stopped())?;
+        result.await.map_err(|_| stopped())?
     }
 
     /// The pipeline an event belongs to and the environments it enters.

@@ -618,6 +618,16 @@ fn receive_now(
     Ok((got, next_due))
 }
 
+/// Applies one checkpoint inside an open transaction.
+fn apply_checkpoint(conn: &Connection, checkpoint: &Checkpoint) -> Result<Vec<u64>, Error> {
+    if let Some(receipt) = &checkpoint.ack {
+        ack_in(conn, receipt)?;
+    }
+    let versions = apply_writes(conn, &checkpoint.writes)?;
+    insert_messages(conn, &checkpoint.send)?;
+    Ok(versions)
+}
+
 #[async_trait]
 impl Backend for SqliteBackend {
     async fn checkpoint(&self, checkpoint: Checkpoint) -> Result<Vec<u64>, Error> {
@@ -625,11 +635,7 @@ impl Backend for SqliteBackend {
         let versions = self
             .with(move |conn, _| {
                 let tx = WriteTx::begin(conn)?;
-                if let Some(receipt) = &checkpoint.ack {
-                    ack_in(&tx, receipt)?;
-                }
-                let versions = apply_writes(&tx, &checkpoint.writes)?;
-                insert_messages(&tx, &checkpoint.send)?;
+                let versions = apply_checkpoint(&tx, &checkpoint)?;
                 tx.commit()?;
                 Ok(versions)
             })
@@ -638,5 +644,38 @@ impl Backend for SqliteBackend {
             self.arrived.notify_waiters();
         }
         Ok(versions)
+    }
+
+    /// One transaction for the whole batch, a savepoint per checkpoint: a
+    /// failing checkpoint is rolled back to its savepoint alone.
+    async fn checkpoint_batch(&self, batch: Vec<Checkpoint>) -> Vec<Result<Vec<u64>, Error>> {
+        let sends = batch.iter().any(|c| !c.send.is_empty());
+        let count = batch.len();
+        let outcome = self
+            .with(move |conn, _| {
+                let tx = WriteTx::begin(conn)?;
+                let mut results = Vec::with_capacity(batch.len());
+                for checkpoint in &batch {
+                    exec(&tx, "SAVEPOINT one", [])?;
+                    let result = apply_checkpoint(&tx, checkpoint);
+                    if result.is_err() {
+                        exec(&tx, "ROLLBACK TO one", [])?;
+                    }
+                    exec(&tx, "RELEASE one", [])?;
+                    results.push(result);
+                }
+                tx.commit()?;
+                Ok(results)
+            })
+            .await;
+        match outcome {
+            Ok(results) => {
+                if sends {
+                    self.arrived.notify_waiters();
+                }
+                results
+            }
+            Err(e) => (0..count).map(|_| Err(e.clone())).collect(),
+        }
     }
 }

@@ -22,6 +22,7 @@ where
     visibility_hides_and_returns(make().await).await;
     dead_letter_after_max_receives_and_redrive(make().await).await;
     checkpoint_is_atomic(make().await).await;
+    batched_checkpoints_are_independent(make().await).await;
     stale_receipts_are_refused(make().await).await;
 }
 
@@ -240,6 +241,45 @@ async fn checkpoint_is_atomic(b: Arc<dyn Backend>) {
     let next = b.receive(10, SHORT, Duration::ZERO).await.unwrap();
     assert_eq!(next.len(), 1);
     assert_eq!(next[0].body, b"next");
+}
+
+async fn batched_checkpoints_are_independent(b: Arc<dyn Backend>) {
+    let put = |key: &str, pre: Precondition, body: &[u8]| Checkpoint {
+        writes: vec![Write::put(key, b"v".to_vec(), pre)],
+        send: vec![Outgoing::now(body.to_vec())],
+        ack: None,
+    };
+    b.write(vec![Write::put("taken", b"v".to_vec(), Precondition::None)])
+        .await
+        .unwrap();
+    let results = b
+        .checkpoint_batch(vec![
+            put("a", Precondition::DoesNotExist, b"a"),
+            put("taken", Precondition::DoesNotExist, b"taken"),
+            put("b", Precondition::DoesNotExist, b"b"),
+            put("a", Precondition::DoesNotExist, b"a again"),
+        ])
+        .await;
+    assert!(
+        matches!(results[0], Ok(ref v) if *v == vec![1]),
+        "{results:?}"
+    );
+    assert!(
+        matches!(results[1], Err(Error::Conflict { .. })),
+        "{results:?}"
+    );
+    assert!(
+        matches!(results[2], Ok(ref v) if *v == vec![1]),
+        "{results:?}"
+    );
+    assert!(
+        matches!(results[3], Err(Error::Conflict { .. })),
+        "a later checkpoint sees an earlier one of the batch: {results:?}"
+    );
+    let got = b.receive(10, SHORT, Duration::ZERO).await.unwrap();
+    let mut bodies: Vec<Vec<u8>> = got.into_iter().map(|m| m.body).collect();
+    bodies.sort();
+    assert_eq!(bodies, vec![b"a".to_vec(), b"b".to_vec()]);
 }
 
 async fn stale_receipts_are_refused(b: Arc<dyn Backend>) {

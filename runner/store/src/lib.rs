@@ -30,7 +30,7 @@ pub fn now_ms() -> u64 {
 }
 
 /// What a store or queue operation can fail with.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// A precondition did not hold: the item changed since it was read, or
     /// exists when it should not. Nothing was written.
@@ -264,6 +264,18 @@ pub trait Backend: Store + Queue {
     /// returns the error; on the embedded backend nothing then applies. Returns
     /// the new versions of the writes, in order.
     async fn checkpoint(&self, checkpoint: Checkpoint) -> Result<Vec<u64>, Error>;
+
+    /// Applies independent checkpoints, each as [`Backend::checkpoint`]
+    /// would: one failing leaves the others applied. Returns each one's
+    /// result, in order. A backend may commit them together (the embedded
+    /// one does, in one transaction); the default applies them one by one.
+    async fn checkpoint_batch(&self, batch: Vec<Checkpoint>) -> Vec<Result<Vec<u64>, Error>> {
+        let mut results = Vec::with_capacity(batch.len());
+        for checkpoint in batch {
+            results.push(self.checkpoint(checkpoint).await);
+        }
+        results
+    }
 }
 
 /// Runs the conformance suite against a backend: one `#[tokio::test]` per

@@ -92,18 +92,24 @@ impl Engine {
             self.end_effect(run);
         }
         run.outbox.remove(0);
+        Self::after_delivery(run, tx);
+        Ok(())
+    }
+
+    /// After one notification or report went out: the next one goes out
+    /// with the same wake token (a parked run's timer stays armed); with
+    /// none left, the run is looked at again, since the Advance that
+    /// delivered may also be the one an approval or a timer sent (a parked
+    /// step re-parks).
+    fn after_delivery(run: &Run, tx: &mut Tx) {
         if run.has_deliveries() {
-            // Same wake token: a parked run's timer stays armed.
             tx.send.push(Outgoing::now(encode(&Message::Advance {
                 run: run.id.clone(),
                 wake: run.wake,
             })));
         } else if !run.status.is_terminal() {
-            // The Advance that delivered may also be the one an approval or
-            // a timer sent: look at the run again (a parked step re-parks).
             Self::continue_now(tx);
         }
-        Ok(())
     }
 
     async fn deliver_report(
@@ -152,15 +158,7 @@ impl Engine {
             }
         }
         run.reports.remove(0);
-        if !run.reports.is_empty() {
-            // Same wake token: a parked run's timer stays armed.
-            tx.send.push(Outgoing::now(encode(&Message::Advance {
-                run: run.id.clone(),
-                wake: run.wake,
-            })));
-        } else if !run.status.is_terminal() {
-            Self::continue_now(tx);
-        }
+        Self::after_delivery(run, tx);
         Ok(())
     }
 

@@ -647,27 +647,33 @@ impl Backend for SqliteBackend {
     }
 
     /// One transaction for the whole batch, a savepoint per checkpoint: a
-    /// failing checkpoint is rolled back to its savepoint alone.
+    /// failing checkpoint is rolled back to its savepoint alone. A batch is
+    /// worth a thread hop: it runs on the blocking pool, so the async
+    /// threads go on serving (the receiver's requests) meanwhile.
     async fn checkpoint_batch(&self, batch: Vec<Checkpoint>) -> Vec<Result<Vec<u64>, Error>> {
         let sends = batch.iter().any(|c| !c.send.is_empty());
         let count = batch.len();
-        let outcome = self
-            .with(move |conn, _| {
-                let tx = WriteTx::begin(conn)?;
-                let mut results = Vec::with_capacity(batch.len());
-                for checkpoint in &batch {
-                    exec(&tx, "SAVEPOINT one", [])?;
-                    let result = apply_checkpoint(&tx, checkpoint);
-                    if result.is_err() {
-                        exec(&tx, "ROLLBACK TO one", [])?;
-                    }
-                    exec(&tx, "RELEASE one", [])?;
-                    results.push(result);
+        let conn = self.conn.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let conn = conn
+                .lock()
+                .map_err(|_| Error::Unavailable("the database lock is poisoned".into()))?;
+            let tx = WriteTx::begin(&conn)?;
+            let mut results = Vec::with_capacity(batch.len());
+            for checkpoint in &batch {
+                exec(&tx, "SAVEPOINT one", [])?;
+                let result = apply_checkpoint(&tx, checkpoint);
+                if result.is_err() {
+                    exec(&tx, "ROLLBACK TO one", [])?;
                 }
-                tx.commit()?;
-                Ok(results)
-            })
-            .await;
+                exec(&tx, "RELEASE one", [])?;
+                results.push(result);
+            }
+            tx.commit()?;
+            Ok(results)
+        })
+        .await
+        .unwrap_or_else(|e| Err(Error::Unavailable(format!("the commit thread failed: {e}"))));
         match outcome {
             Ok(results) => {
                 if sends {

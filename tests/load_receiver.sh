@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-10}"
-connections="${2:-32}"
+connections="${2:-64}"
 command -v wrk >/dev/null || { echo "== installing wrk"; sudo apt-get install -y wrk >/dev/null; }
 rustup toolchain install >/dev/null
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/gantry-target}"

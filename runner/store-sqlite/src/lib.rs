@@ -6,7 +6,9 @@
 //!   `visible_at` is in the future, so timers survive restarts.
 //! - `dead_letters`: messages received `max_receives` times.
 //!
-//! [`Backend::checkpoint`] runs in one transaction. The data dir is locked,
+//! [`Backend::checkpoint`] runs in one transaction, and
+//! [`Backend::checkpoint_batch`] runs a batch in one transaction with a
+//! savepoint per checkpoint, on the blocking pool. The data dir is locked,
 //! so one process owns the file; on open, messages that were in flight in a
 //! previous process become visible again at once.
 

@@ -5,6 +5,8 @@
 //! - [`FakeApp`]: a controllable HTTP service standing in for a deployed app.
 //! - [`example_pipeline`]: the example pipeline, pointed at given ports.
 //! - [`rss_bytes`]: this process's resident memory.
+//! - [`serve`]: an axum router on a loopback port (fake GitHub, fake Slack,
+//!   a receiver under test).
 
 mod fake_app;
 
@@ -59,4 +61,17 @@ pub fn rss_bytes() -> u64 {
         })
         .map(|kb| kb * 1024)
         .expect("VmRSS in /proc/self/status")
+}
+
+/// Serves `app` on a random loopback port, in the background, for as long
+/// as the runtime lives; returns the address.
+pub async fn serve(app: axum::Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
 }

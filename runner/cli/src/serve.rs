@@ -137,11 +137,13 @@ fn crash_at() -> anyhow::Result<Option<(CrashPoint, u64)>> {
 }
 
 /// The engine over the store in `--data-dir`, with the pipelines loaded
-/// and checked, and the receiver's settings. `Ok(Err(code))`: a pipeline
-/// file is invalid (already reported).
+/// and checked, and the receiver's settings. `advances_runs`: this process
+/// runs workers, so it needs the plugins and the GitHub reporter.
+/// `Ok(Err(code))`: a pipeline file is invalid (already reported).
 async fn open(
     args: &CommonArgs,
     listen: SocketAddr,
+    advances_runs: bool,
 ) -> anyhow::Result<Result<(Arc<Engine>, ReceiverConfig, tokio::net::TcpListener), ExitCode>> {
     let mut pipelines = Vec::new();
     for file in &args.config {
@@ -169,29 +171,30 @@ async fn open(
         )
         .with_context(|| format!("--data-dir {}", args.data_dir.display()))?,
     );
-    let metrics = Arc::new(Metrics::default());
     let cache_dir = args
         .cache_dir
         .clone()
         .or_else(|| Some(args.data_dir.join("plugin-cache")));
-    let plugins =
-        HostedPlugins::load(&pipelines, cache_dir, metrics.clone()).map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("--listen {listen}"))?;
     let local = listener.local_addr()?;
-    let mut engine = Engine::new(
-        backend,
-        pipelines,
-        Arc::new(plugins),
-        metrics,
-        EngineConfig {
-            public_url: Some(format!("http://{local}")),
-            crash_at: crash_at()?,
-            secrets,
-            ..EngineConfig::default()
-        },
-    );
+    let config = EngineConfig {
+        public_url: Some(format!("http://{local}")),
+        crash_at: crash_at()?,
+        secrets,
+        ..EngineConfig::default()
+    };
+    if !advances_runs {
+        // It only accepts events and decisions: no plugin to compile, and
+        // nothing to report.
+        let metrics = Arc::new(Metrics::default());
+        let none = HostedPlugins::load(&[], None, metrics.clone()).map_err(anyhow::Error::msg)?;
+        let engine = Engine::new(backend, pipelines, Arc::new(none), metrics, config);
+        return Ok(Ok((Arc::new(engine), receiver, listener)));
+    }
+    let mut engine =
+        Engine::hosted(backend, pipelines, cache_dir, config).map_err(anyhow::Error::msg)?;
     if let Some(reporter) = github_reporter(&receiver.github)? {
         engine = engine.with_reporter(Arc::new(reporter));
     }
@@ -223,7 +226,7 @@ fn github_reporter(
 /// Runs the API, the webhook receiver and the worker pool until SIGINT or
 /// SIGTERM.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let (engine, receiver, listener) = match open(&args.common, args.listen).await? {
+    let (engine, receiver, listener) = match open(&args.common, args.listen, true).await? {
         Ok(opened) => opened,
         Err(code) => return Ok(code),
     };
@@ -254,7 +257,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 /// workers elsewhere (or a later `gantry serve` on the same data dir)
 /// advance the runs.
 pub async fn receiver(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
-    let (engine, receiver, listener) = match open(&args.common, args.listen).await? {
+    let (engine, receiver, listener) = match open(&args.common, args.listen, false).await? {
         Ok(opened) => opened,
         Err(code) => return Ok(code),
     };

@@ -26,17 +26,6 @@ const BOT_TOKEN: &str = "xoxb-test-token";
 /// Requests one fake recorded: method, path, body.
 type Log = Arc<Mutex<Vec<(String, String, Value)>>>;
 
-async fn spawn(app: Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    addr
-}
-
 /// The parts of the GitHub REST API that octocrab calls for deployments.
 async fn fake_github(log: Log) -> SocketAddr {
     async fn list(
@@ -91,7 +80,7 @@ async fn fake_github(log: Log) -> SocketAddr {
         )
         .route("/repos/{owner}/{repo}/statuses/{sha}", post(record))
         .with_state(log);
-    spawn(app).await
+    gantry_tests::serve(app).await
 }
 
 /// chat.postMessage and the response_url targets.
@@ -127,7 +116,7 @@ async fn fake_slack(log: Log) -> SocketAddr {
         .route("/api/chat.postMessage", post(post_message))
         .route("/response/{n}", post(response))
         .with_state(log);
-    spawn(app).await
+    gantry_tests::serve(app).await
 }
 
 /// The example pipeline with production's notifier swapped for the Slack

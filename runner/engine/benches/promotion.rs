@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gantry_engine::model::RunStatus;
-use gantry_engine::{Engine, EngineConfig, HostedPlugins, Metrics};
+use gantry_engine::{Engine, EngineConfig};
 use gantry_store::{Backend, Checkpoint, Outgoing, Precondition, Queue, Store, Write};
 use gantry_store_sqlite::{Options, SqliteBackend};
 use serde_json::json;
@@ -124,16 +124,9 @@ async fn setup() -> Setup {
     let pipeline = gantry_pipeline::parse(&text, dir.path()).expect("pipeline");
     let backend =
         Arc::new(SqliteBackend::open(&dir.path().join("data"), Options::default()).expect("open"));
-    let metrics = Arc::new(Metrics::default());
-    let plugins = HostedPlugins::load(std::slice::from_ref(&pipeline), None, metrics.clone())
-        .expect("plugins");
-    let engine = Arc::new(Engine::new(
-        backend,
-        vec![pipeline],
-        Arc::new(plugins),
-        metrics,
-        EngineConfig::default(),
-    ));
+    let engine = Arc::new(
+        Engine::hosted(backend, vec![pipeline], None, EngineConfig::default()).expect("engine"),
+    );
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(gantry_engine::worker::run(engine.clone(), 32, stopped));
     Setup {

@@ -25,7 +25,7 @@ use sha2::Digest;
 use crate::deploy::{self, DeployRequest};
 use crate::metrics::{Metrics, Snapshot};
 use crate::model::*;
-use crate::plugins::{EnvironmentSecrets, PluginRunner};
+use crate::plugins::{EnvironmentSecrets, HostedPlugins, PluginRunner};
 use crate::report::{DeploymentReport, DeploymentReporter};
 
 mod people;
@@ -323,6 +323,26 @@ impl Engine {
             active: std::sync::Mutex::default(),
             intake: std::sync::OnceLock::new(),
         }
+    }
+
+    /// An engine whose plugins run in wasmtime: every pipeline's plugins are
+    /// compiled (or read from `cache_dir`) up front, and their calls are
+    /// counted in the engine's own [`Metrics`]. Errors name the plugin.
+    pub fn hosted(
+        backend: Arc<dyn Backend>,
+        pipelines: Vec<Pipeline>,
+        cache_dir: Option<std::path::PathBuf>,
+        config: EngineConfig,
+    ) -> Result<Self, String> {
+        let metrics = Arc::new(Metrics::default());
+        let plugins = HostedPlugins::load(&pipelines, cache_dir, metrics.clone())?;
+        Ok(Engine::new(
+            backend,
+            pipelines,
+            Arc::new(plugins),
+            metrics,
+            config,
+        ))
     }
 
     /// Reports every environment's deployments through `reporter` (GitHub
@@ -940,10 +960,7 @@ impl Engine {
         summary: String,
         observations: Vec<(String, String)>,
     ) -> Result<(), HandleError> {
-        let env = run
-            .stage()
-            .map(|s| s.environment.clone())
-            .unwrap_or_default();
+        let env = run.environment_of(run.current);
         let evidence = self
             .evidence(tx, &run.pipeline, &run.artifact.commit_sha, &env)
             .await?;
@@ -959,6 +976,24 @@ impl Engine {
         Ok(())
     }
 
+    /// Where to see run `id`, when the server knows its public URL.
+    fn run_url(&self, id: &str) -> Option<String> {
+        self.config
+            .public_url
+            .as_ref()
+            .map(|base| format!("{}/api/runs/{id}", base.trim_end_matches('/')))
+    }
+
+    /// Sends the run another Advance with its current wake token, so its
+    /// notifications and reports go out while a parked run's timer stays
+    /// armed.
+    fn send_same_wake(run: &Run, tx: &mut Tx) {
+        tx.send.push(Outgoing::now(encode(&Message::Advance {
+            run: run.id.clone(),
+            wake: run.wake,
+        })));
+    }
+
     /// Queues a deployment report for the current stage, when a reporter
     /// is configured. `deployment`: the replaced one, for `inactive`.
     fn report(
@@ -971,10 +1006,7 @@ impl Engine {
         if self.reporter.is_none() {
             return;
         }
-        let env = run
-            .stage()
-            .map(|s| s.environment.clone())
-            .unwrap_or_default();
+        let env = run.environment_of(run.current);
         let key = format!(
             "{}/{env}/{}-{}",
             run.id,
@@ -1038,11 +1070,7 @@ impl Engine {
                 value: e.summary.clone(),
             })
             .collect::<Vec<_>>();
-        let url = self
-            .config
-            .public_url
-            .as_ref()
-            .map(|base| format!("{}/api/runs/{}", base.trim_end_matches('/'), run.id));
+        let url = self.run_url(&run.id);
         for step in subscribers {
             let serial = run.outbox.len() + run.wake as usize;
             run.outbox.push(Notification {

@@ -242,6 +242,14 @@ impl Run {
     pub fn stage(&self) -> Option<&Stage> {
         self.stages.get(self.current)
     }
+
+    /// The environment of stage `index` (empty when there is none).
+    pub fn environment_of(&self, index: usize) -> String {
+        self.stages
+            .get(index)
+            .map(|s| s.environment.clone())
+            .unwrap_or_default()
+    }
 }
 
 /// A side effect in flight: written before it starts, cleared when its

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gantry_engine::{Engine, EngineConfig, HostedPlugins, Metrics};
+use gantry_engine::{Engine, EngineConfig};
 use gantry_store::Queue;
 use gantry_store_sqlite::{Options, SqliteBackend};
 use serde_json::json;
@@ -40,16 +40,15 @@ async fn ten_thousand_runs_parked_at_approval_hold_no_worker_and_little_memory()
     let dir = tempfile::tempdir().expect("tempdir");
     let pipeline = gantry_pipeline::parse(PIPELINE, dir.path()).expect("pipeline");
     let backend = Arc::new(SqliteBackend::open(dir.path(), Options::default()).expect("open"));
-    let metrics = Arc::new(Metrics::default());
-    let plugins = HostedPlugins::load(std::slice::from_ref(&pipeline), None, metrics.clone())
-        .expect("plugins");
-    let engine = Arc::new(Engine::new(
-        backend.clone(),
-        vec![pipeline],
-        Arc::new(plugins),
-        metrics.clone(),
-        EngineConfig::default(),
-    ));
+    let engine = Arc::new(
+        Engine::hosted(
+            backend.clone(),
+            vec![pipeline],
+            None,
+            EngineConfig::default(),
+        )
+        .expect("engine"),
+    );
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let workers = tokio::spawn(gantry_engine::worker::run(engine.clone(), 32, stopped));
 
@@ -68,7 +67,7 @@ async fn ten_thousand_runs_parked_at_approval_hold_no_worker_and_little_memory()
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let depth = backend.depth().await.expect("depth");
-        if depth.visible == 0 && depth.in_flight == 0 && metrics.busy_workers() == 0 {
+        if depth.visible == 0 && depth.in_flight == 0 && engine.metrics().busy_workers() == 0 {
             break;
         }
         assert!(Instant::now() < deadline, "runs never parked: {depth:?}");
@@ -97,7 +96,7 @@ async fn ten_thousand_runs_parked_at_approval_hold_no_worker_and_little_memory()
     tokio::time::sleep(Duration::from_secs(1)).await;
     let depth = backend.depth().await.expect("depth");
     assert_eq!((depth.visible, depth.in_flight), (0, 0), "{depth:?}");
-    assert_eq!(metrics.busy_workers(), 0);
+    assert_eq!(engine.metrics().busy_workers(), 0);
     let rss = gantry_tests::rss_bytes();
     eprintln!(
         "{RUNS} runs parked in {:.1} s; RSS {} MiB; {} threads; queue {depth:?}",

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gantry_engine::{Engine, EngineConfig, HostedPlugins, Metrics};
+use gantry_engine::{Engine, EngineConfig};
 use gantry_store::{Outgoing, Queue};
 use gantry_store_sqlite::{Options, SqliteBackend};
 use serde_json::json;
@@ -34,16 +34,15 @@ async fn malformed_messages_are_dead_lettered_after_the_receive_limit_while_runs
         )
         .expect("open"),
     );
-    let metrics = Arc::new(Metrics::default());
-    let plugins = HostedPlugins::load(std::slice::from_ref(&pipeline), None, metrics.clone())
-        .expect("plugins");
-    let engine = Arc::new(Engine::new(
-        backend.clone(),
-        vec![pipeline],
-        Arc::new(plugins),
-        metrics,
-        EngineConfig::default(),
-    ));
+    let engine = Arc::new(
+        Engine::hosted(
+            backend.clone(),
+            vec![pipeline],
+            None,
+            EngineConfig::default(),
+        )
+        .expect("engine"),
+    );
     // Not JSON; JSON of no known message; an event that is not an event.
     for body in [
         b"{not json".to_vec(),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gantry_engine::model::{Run, RunStatus, StepStatus};
-use gantry_engine::{Engine, EngineConfig, HostedPlugins, Metrics};
+use gantry_engine::{Engine, EngineConfig};
 use gantry_store_sqlite::{Options, SqliteBackend};
 use serde_json::json;
 
@@ -40,20 +40,19 @@ async fn two_engines_on_one_backend_advance_each_run_once() {
     let mut engines = Vec::new();
     for worker in ["worker-a", "worker-b"] {
         let pipeline = gantry_pipeline::parse(&text, dir.path()).expect("pipeline");
-        let metrics = Arc::new(Metrics::default());
-        let plugins = HostedPlugins::load(std::slice::from_ref(&pipeline), None, metrics.clone())
-            .expect("plugins");
-        let engine = Arc::new(Engine::new(
-            backend.clone(),
-            vec![pipeline],
-            Arc::new(plugins),
-            metrics,
-            EngineConfig {
-                worker_id: worker.to_string(),
-                exclusive: false,
-                ..EngineConfig::default()
-            },
-        ));
+        let engine = Arc::new(
+            Engine::hosted(
+                backend.clone(),
+                vec![pipeline],
+                None,
+                EngineConfig {
+                    worker_id: worker.to_string(),
+                    exclusive: false,
+                    ..EngineConfig::default()
+                },
+            )
+            .expect("engine"),
+        );
         tokio::spawn(gantry_engine::worker::run(
             engine.clone(),
             8,

@@ -15,6 +15,21 @@ use gantry_engine::{DeploymentReport, DeploymentReporter};
 use gantry_github::{GithubAuth, GithubReporter};
 use serde_json::{Value, json};
 
+/// The first report of deployment `key`: it entered `environment`.
+fn queued(key: &str, sha: &str, environment: &str) -> DeploymentReport {
+    DeploymentReport {
+        key: key.into(),
+        repository: "acme/web".into(),
+        sha: sha.into(),
+        environment: environment.into(),
+        state: DeploymentState::Queued,
+        description: "entered".into(),
+        deployment: None,
+        environment_url: None,
+        log_url: None,
+    }
+}
+
 #[derive(Default)]
 struct Fake {
     deployments: Vec<Value>,
@@ -67,26 +82,10 @@ async fn a_create_that_failed_after_landing_is_found_not_repeated() {
         .route("/repos/{o}/{r}/deployments/{id}/statuses", post(status))
         .route("/repos/{o}/{r}/statuses/{sha}", post(commit_status))
         .with_state(fake.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let addr = gantry_tests::serve(app).await;
     let reporter = GithubReporter::new(&format!("http://{addr}"), GithubAuth::Token("t".into()))
         .expect("reporter");
-    let report = DeploymentReport {
-        key: "r1/production".into(),
-        repository: "acme/web".into(),
-        sha: "a".repeat(40),
-        environment: "production".into(),
-        state: DeploymentState::Queued,
-        description: "entered".into(),
-        deployment: None,
-        environment_url: None,
-        log_url: None,
-    };
+    let report = queued("r1/production", &"a".repeat(40), "production");
     let first = reporter.report(&report).await;
     assert!(
         first.is_err_and(|e| e.contains("502")),
@@ -165,13 +164,7 @@ async fn a_github_app_reports_with_its_installation_token() {
         .route("/repos/{o}/{r}/deployments/{id}/statuses", post(api))
         .route("/repos/{o}/{r}/statuses/{sha}", post(api))
         .with_state(seen.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let addr = gantry_tests::serve(app).await;
     let reporter = GithubReporter::new(
         &format!("http://{addr}"),
         GithubAuth::App {
@@ -180,17 +173,7 @@ async fn a_github_app_reports_with_its_installation_token() {
         },
     )
     .expect("reporter");
-    let report = DeploymentReport {
-        key: "r1/staging".into(),
-        repository: "acme/web".into(),
-        sha: "b".repeat(40),
-        environment: "staging".into(),
-        state: DeploymentState::Queued,
-        description: "entered".into(),
-        deployment: None,
-        environment_url: None,
-        log_url: None,
-    };
+    let report = queued("r1/staging", &"b".repeat(40), "staging");
     assert_eq!(reporter.report(&report).await.expect("report"), 9);
 
     let seen = seen.lock().expect("seen");

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use gantry_engine::{Engine, EngineConfig, HostedPlugins, Metrics};
+use gantry_engine::{Engine, EngineConfig};
 use gantry_receiver::signature::{sign_github, sign_slack};
 use gantry_receiver::{ReceiverConfig, config};
 use gantry_store::Queue;
@@ -37,16 +37,15 @@ impl Receiver {
         let dir = tempfile::tempdir().expect("tempdir");
         let pipeline = gantry_pipeline::parse(PIPELINE, dir.path()).expect("pipeline");
         let backend = Arc::new(SqliteBackend::open(dir.path(), Options::default()).expect("open"));
-        let metrics = Arc::new(Metrics::default());
-        let plugins = HostedPlugins::load(std::slice::from_ref(&pipeline), None, metrics.clone())
-            .expect("plugins");
-        let engine = Arc::new(Engine::new(
-            backend.clone(),
-            vec![pipeline],
-            Arc::new(plugins),
-            metrics,
-            EngineConfig::default(),
-        ));
+        let engine = Arc::new(
+            Engine::hosted(
+                backend.clone(),
+                vec![pipeline],
+                None,
+                EngineConfig::default(),
+            )
+            .expect("engine"),
+        );
         let config = ReceiverConfig {
             github: config::GithubHooks {
                 webhook_secret: github.map(str::to_string),
@@ -57,13 +56,8 @@ impl Receiver {
                 users: [("U1".to_string(), "bob".to_string())].into(),
             },
         };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, gantry_receiver::routes(engine, config)).await;
-        });
+        let addr = gantry_tests::serve(gantry_receiver::routes(engine, config)).await;
+        let url = format!("http://{addr}");
         Receiver {
             url,
             backend,

@@ -56,11 +56,7 @@ impl Engine {
         pipeline: &Pipeline,
         note: Notification,
     ) -> Result<(), HandleError> {
-        let env_name = run
-            .stages
-            .get(note.stage)
-            .map(|s| s.environment.clone())
-            .unwrap_or_default();
+        let env_name = run.environment_of(note.stage);
         let env = pipeline.environment(&env_name);
         let subscription = env.and_then(|env| {
             env.steps.iter().find_map(|s| match &s.kind {
@@ -97,16 +93,12 @@ impl Engine {
     }
 
     /// After one notification or report went out: the next one goes out
-    /// with the same wake token (a parked run's timer stays armed); with
-    /// none left, the run is looked at again, since the Advance that
-    /// delivered may also be the one an approval or a timer sent (a parked
-    /// step re-parks).
+    /// the same way; with none left, the run is looked at again, since the
+    /// Advance that delivered may also be the one an approval or a timer
+    /// sent (a parked step re-parks).
     fn after_delivery(run: &Run, tx: &mut Tx) {
         if run.has_deliveries() {
-            tx.send.push(Outgoing::now(encode(&Message::Advance {
-                run: run.id.clone(),
-                wake: run.wake,
-            })));
+            Self::send_same_wake(run, tx);
         } else if !run.status.is_terminal() {
             Self::continue_now(tx);
         }
@@ -120,11 +112,7 @@ impl Engine {
         pipeline: &Pipeline,
         report: PendingReport,
     ) -> Result<(), HandleError> {
-        let env_name = run
-            .stages
-            .get(report.stage)
-            .map(|s| s.environment.clone())
-            .unwrap_or_default();
+        let env_name = run.environment_of(report.stage);
         if let (Some(reporter), Some(env)) =
             (self.reporter.clone(), pipeline.environment(&env_name))
         {
@@ -141,11 +129,7 @@ impl Engine {
                 description: report.description.clone(),
                 deployment,
                 environment_url: env.config.get("url").cloned(),
-                log_url: self
-                    .config
-                    .public_url
-                    .as_ref()
-                    .map(|base| format!("{}/api/runs/{}", base.trim_end_matches('/'), run.id)),
+                log_url: self.run_url(&run.id),
             };
             self.begin_effect(run, version, &report.key).await?;
             let id = reporter
@@ -847,12 +831,7 @@ impl Engine {
         }
         Self::wake_after(run, tx, Duration::from_millis(deadline - now), reason);
         if run.has_deliveries() {
-            // Deliver the notifications now; the timer stays armed because
-            // delivering does not change the wake token.
-            tx.send.push(Outgoing::now(encode(&Message::Advance {
-                run: run.id.clone(),
-                wake: run.wake,
-            })));
+            Self::send_same_wake(run, tx);
         }
         Ok(())
     }

@@ -34,6 +34,13 @@ pub enum GithubAuth {
     },
 }
 
+/// Deployments listed per page when looking for an earlier attempt's (the
+/// API's most).
+const PER_PAGE: usize = 100;
+
+/// Pages read before giving up on finding an earlier attempt's deployment.
+const MAX_PAGES: usize = 50;
+
 /// A [`DeploymentReporter`] for GitHub.
 pub struct GithubReporter {
     root: Octocrab,
@@ -118,24 +125,43 @@ impl GithubReporter {
         repo: &str,
         report: &DeploymentReport,
     ) -> Result<u64, String> {
-        let existing: Value = gh
-            .get(
-                format!("/repos/{owner}/{repo}/deployments"),
-                Some(&json!({
-                    "sha": report.sha,
-                    "environment": report.environment,
-                    "per_page": 100,
-                })),
-            )
-            .await
-            .map_err(|e| error("listing deployments", e))?;
-        let found = existing.as_array().and_then(|list| {
-            list.iter()
+        // Every page of this SHA's deployments to this environment: a SHA
+        // redeployed many times has more than one page.
+        for page in 1..=MAX_PAGES {
+            let listed: Value = gh
+                .get(
+                    format!("/repos/{owner}/{repo}/deployments"),
+                    Some(&json!({
+                        "sha": report.sha,
+                        "environment": report.environment,
+                        "per_page": PER_PAGE,
+                        "page": page,
+                    })),
+                )
+                .await
+                .map_err(|e| error("listing deployments", e))?;
+            let list = listed.as_array().ok_or_else(|| {
+                format!("GitHub listed deployments as something other than an array: {listed}")
+            })?;
+            let found = list
+                .iter()
                 .find(|d| d["payload"]["gantry_key"] == report.key.as_str())
-                .and_then(|d| d["id"].as_u64())
-        });
-        if let Some(id) = found {
-            return Ok(id);
+                .and_then(|d| d["id"].as_u64());
+            if let Some(id) = found {
+                return Ok(id);
+            }
+            if list.len() < PER_PAGE {
+                break;
+            }
+            if page == MAX_PAGES {
+                return Err(format!(
+                    "more than {} deployments of {} to {}: not looking further for `{}`",
+                    MAX_PAGES * PER_PAGE,
+                    report.sha,
+                    report.environment,
+                    report.key
+                ));
+            }
         }
         let created: Value = gh
             .post(

@@ -1,12 +1,14 @@
 //! The GitHub reporter, real octocrab against small fake GitHub APIs: a
 //! Deployment create that GitHub applied but answered with a 502 is not
-//! repeated (the engine's retry finds it by its key), and a GitHub App
-//! signs in with a JWT and reports with its installation token.
+//! repeated (the engine's retry finds it by its key), even when the SHA has
+//! pages of other deployments; and a GitHub App signs in with a JWT and
+//! reports with its installation token.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json};
 use axum::routing::{get, post};
@@ -39,8 +41,37 @@ struct Fake {
 
 type Shared = Arc<Mutex<Fake>>;
 
-async fn list(State(fake): State<Shared>) -> Json<Value> {
-    Json(json!(fake.lock().expect("fake").deployments))
+/// Lists deployments as GitHub does: filtered by `sha` and `environment`,
+/// newest first, `per_page` (at most 100) to a `page`.
+async fn list(
+    State(fake): State<Shared>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Json<Value> {
+    let fake = fake.lock().expect("fake");
+    let per_page: usize = query
+        .get("per_page")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(30)
+        .min(100);
+    let page: usize = query.get("page").and_then(|n| n.parse().ok()).unwrap_or(1);
+    let matching: Vec<&Value> = fake
+        .deployments
+        .iter()
+        .rev()
+        .filter(|d| query.get("sha").is_none_or(|sha| d["sha"] == sha.as_str()))
+        .filter(|d| {
+            query
+                .get("environment")
+                .is_none_or(|env| d["environment"] == env.as_str())
+        })
+        .collect();
+    Json(json!(
+        matching
+            .into_iter()
+            .skip((page.max(1) - 1) * per_page)
+            .take(per_page)
+            .collect::<Vec<_>>()
+    ))
 }
 
 /// Applies every create; answers the first one with a 502.
@@ -95,6 +126,39 @@ async fn a_create_that_failed_after_landing_is_found_not_repeated() {
     let id = reporter.report(&report).await.expect("retry");
     let fake = fake.lock().expect("fake");
     assert_eq!(fake.creates, 1, "the create was repeated");
+    assert_eq!(id, 1);
+    assert_eq!(fake.statuses, [(1, "queued".to_string())]);
+}
+
+#[tokio::test]
+async fn an_earlier_deployment_is_found_past_the_first_page() {
+    let sha = "c".repeat(40);
+    let fake = Shared::default();
+    {
+        let mut fake = fake.lock().expect("fake");
+        // The run's own deployment first, then 230 newer ones of the same
+        // SHA and environment (other runs), and some of other SHAs: GitHub
+        // lists newest first, so the run's is on the third page.
+        fake.deployments.push(json!({"id": 1, "sha": sha, "environment": "production", "payload": {"gantry_key": "r1/production"}}));
+        for i in 0..230u64 {
+            fake.deployments.push(json!({"id": i + 2, "sha": sha, "environment": "production", "payload": {"gantry_key": format!("r{}/production", i + 2)}}));
+            fake.deployments.push(json!({"id": i + 1000, "sha": "d".repeat(40), "environment": "production", "payload": {"gantry_key": "r1/production"}}));
+        }
+    }
+    let app = Router::new()
+        .route("/repos/{o}/{r}/deployments", get(list).post(create))
+        .route("/repos/{o}/{r}/deployments/{id}/statuses", post(status))
+        .route("/repos/{o}/{r}/statuses/{sha}", post(commit_status))
+        .with_state(fake.clone());
+    let addr = gantry_tests::serve(app).await;
+    let reporter = GithubReporter::new(&format!("http://{addr}"), GithubAuth::Token("t".into()))
+        .expect("reporter");
+    let id = reporter
+        .report(&queued("r1/production", &sha, "production"))
+        .await
+        .expect("report");
+    let fake = fake.lock().expect("fake");
+    assert_eq!(fake.creates, 0, "a second deployment was created");
     assert_eq!(id, 1);
     assert_eq!(fake.statuses, [(1, "queued".to_string())]);
 }

@@ -109,7 +109,7 @@ async fn github_hook(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: B
             } else {
                 StatusCode::ACCEPTED
             };
-            answer(status, json!(submitted))
+            (status, Json(submitted)).into_response()
         }
         // No pipeline or environment wants it: accepted and ignored.
         Err(e) if e.status == 422 => {
@@ -136,15 +136,16 @@ async fn slack_interaction(
     };
     let now = (gantry_store::now_ms() / 1000) as i64;
     let signature_header = header(&headers, "x-slack-signature");
-    if let Err(e) = signature::verify_slack(
+    let timestamp = match signature::verify_slack(
         secret.as_bytes(),
         header(&headers, "x-slack-request-timestamp"),
         signature_header,
         &body,
         now,
     ) {
-        return refuse(StatusCode::UNAUTHORIZED, e.0);
-    }
+        Ok(timestamp) => timestamp,
+        Err(e) => return refuse(StatusCode::UNAUTHORIZED, e.0),
+    };
     let click = match slack::parse(&body) {
         Ok(Some(click)) => click,
         Ok(None) => return answer(StatusCode::OK, json!({ "ignored": "not a Gantry button" })),
@@ -152,18 +153,21 @@ async fn slack_interaction(
     };
     // A signed request is unique to its timestamp and body: the same one
     // again, inside the window, is a replay.
-    let seen = format!("slack-request/{}", signature_header.unwrap_or_default());
+    let seen = format!(
+        "{SEEN_PREFIX}{timestamp:012}/{}",
+        signature_header.unwrap_or_default()
+    );
     match r
         .engine
         .backend()
         .write(vec![Write::put(
             seen,
-            now.to_string().into_bytes(),
+            Vec::new(),
             Precondition::DoesNotExist,
         )])
         .await
     {
-        Ok(_) => {}
+        Ok(_) => r.forget_expired_requests(now),
         Err(gantry_store::Error::Conflict { .. }) => {
             return refuse(
                 StatusCode::CONFLICT,
@@ -233,7 +237,51 @@ async fn slack_interaction(
     }
 }
 
+/// Where handled Slack requests are remembered, as
+/// `{SEEN_PREFIX}{timestamp:012}/{signature}`: in time order, so the expired
+/// ones come first.
+const SEEN_PREFIX: &str = "slack-request/";
+
+/// How long a handled Slack request is remembered: twice the window in which
+/// its timestamp is accepted, so a clock step cannot reopen it.
+const SEEN_FOR_SECS: i64 = 2 * signature::SLACK_WINDOW_SECS;
+
 impl Receiver {
+    /// Deletes the records of Slack requests whose timestamp is older than
+    /// [`SEEN_FOR_SECS`]: the timestamp check refuses those requests anyway.
+    /// Runs after the answer; a failure only leaves records for next time.
+    fn forget_expired_requests(&self, now: i64) {
+        let backend = self.engine.backend().clone();
+        let cutoff = format!("{SEEN_PREFIX}{:012}/", (now - SEEN_FOR_SECS).max(0));
+        tokio::spawn(async move {
+            loop {
+                let expired: Vec<_> = match backend.list(SEEN_PREFIX, None, 100).await {
+                    Ok(items) => items
+                        .into_iter()
+                        .take_while(|item| item.key < cutoff)
+                        .collect(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot list old Slack requests");
+                        return;
+                    }
+                };
+                if expired.is_empty() {
+                    return;
+                }
+                let writes = expired
+                    .iter()
+                    .map(|item| {
+                        Write::delete(&item.key, Precondition::MatchesVersion(item.version))
+                    })
+                    .collect();
+                if let Err(e) = backend.write(writes).await {
+                    tracing::warn!(error = %e, "cannot forget old Slack requests");
+                    return;
+                }
+            }
+        });
+    }
+
     /// Updates the clicked message through Slack's `response_url`, after
     /// the answer: `replace` rewrites the message for everyone; otherwise
     /// only the clicker sees `text`.

@@ -40,14 +40,15 @@ pub fn verify_github(secret: &[u8], header: Option<&str>, body: &[u8]) -> Result
 
 /// Checks Slack's `X-Slack-Signature: v0=<hex>` over
 /// `v0:{X-Slack-Request-Timestamp}:{body}`, and that the timestamp is within
-/// [`SLACK_WINDOW_SECS`] of `now_secs` either way.
+/// [`SLACK_WINDOW_SECS`] of `now_secs` either way. Returns the request's
+/// timestamp.
 pub fn verify_slack(
     secret: &[u8],
     timestamp: Option<&str>,
     signature: Option<&str>,
     body: &[u8],
     now_secs: i64,
-) -> Result<(), Refused> {
+) -> Result<i64, Refused> {
     let timestamp =
         timestamp.ok_or_else(|| Refused("X-Slack-Request-Timestamp is missing".into()))?;
     let signature = signature.ok_or_else(|| Refused("X-Slack-Signature is missing".into()))?;
@@ -70,7 +71,8 @@ pub fn verify_slack(
     mac.update(b":");
     mac.update(body);
     mac.verify_slice(&sig)
-        .map_err(|_| Refused("X-Slack-Signature does not match the body".into()))
+        .map_err(|_| Refused("X-Slack-Signature does not match the body".into()))?;
+    Ok(ts)
 }
 
 /// `sha256=<hex>` for `body`: what GitHub sends (for tests and tools).
@@ -116,7 +118,7 @@ mod tests {
         let at = 1531420618 + 10;
         assert_eq!(
             verify_slack(secret, Some(ts), Some(expected), body.as_bytes(), at),
-            Ok(())
+            Ok(1531420618)
         );
         // The same request long after: refused for its age alone.
         let late = verify_slack(secret, Some(ts), Some(expected), body.as_bytes(), at + 3600);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use gantry_engine::{Engine, EngineConfig};
 use gantry_receiver::signature::{sign_github, sign_slack};
 use gantry_receiver::{ReceiverConfig, config};
-use gantry_store::Queue;
+use gantry_store::{Precondition, Queue, Store, Write};
 use gantry_store_sqlite::{Options, SqliteBackend};
 use serde_json::json;
 
@@ -241,4 +241,55 @@ async fn slack_signatures_timestamps_and_replays() {
     assert_eq!(r.slack(&ts, &sig, &body).await, 404);
     assert_eq!(r.slack(&ts, &sig, &body).await, 409, "replay");
     assert_eq!(r.queued().await, 0);
+}
+
+#[tokio::test]
+async fn expired_slack_request_records_are_forgotten() {
+    let r = Receiver::start(None, Some(SLACK_SECRET)).await;
+    let now = (gantry_store::now_ms() / 1000) as i64;
+    // Remembered from a request handled eleven minutes ago.
+    let old = format!("slack-request/{:012}/v0=old", now - 660);
+    r.backend
+        .write(vec![Write::put(
+            &old,
+            Vec::new(),
+            Precondition::DoesNotExist,
+        )])
+        .await
+        .expect("old record");
+    let keys = || async {
+        r.backend
+            .list("slack-request/", None, 100)
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|item| item.key)
+            .collect::<Vec<_>>()
+    };
+    let recent = (now - 290).to_string();
+    let body = click_body("r-unknown");
+    let recent_sig = sign_slack(SLACK_SECRET.as_bytes(), &recent, body.as_bytes());
+    assert_eq!(r.slack(&recent, &recent_sig, &body).await, 404);
+    let ts = now.to_string();
+    let sig = sign_slack(SLACK_SECRET.as_bytes(), &ts, body.as_bytes());
+    assert_eq!(r.slack(&ts, &sig, &body).await, 404);
+    // Forgetting runs after the answer.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while keys().await.contains(&old) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the expired record is still there: {:?}",
+            keys().await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        keys().await,
+        [
+            format!("slack-request/{:012}/{recent_sig}", now - 290),
+            format!("slack-request/{now:012}/{sig}"),
+        ],
+        "requests still inside the window are remembered"
+    );
+    assert_eq!(r.slack(&recent, &recent_sig, &body).await, 409, "replay");
 }

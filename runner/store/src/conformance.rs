@@ -280,6 +280,53 @@ async fn batched_checkpoints_are_independent(b: Arc<dyn Backend>) {
     let mut bodies: Vec<Vec<u8>> = got.into_iter().map(|m| m.body).collect();
     bodies.sort();
     assert_eq!(bodies, vec![b"a".to_vec(), b"b".to_vec()]);
+
+    // A checkpoint refused after its first write or its ack leaves nothing.
+    b.send(Outgoing::now(b"held".to_vec())).await.unwrap();
+    let held = b.receive(1, SHORT * 10, Duration::ZERO).await.unwrap();
+    let results = b
+        .checkpoint_batch(vec![
+            Checkpoint {
+                writes: vec![
+                    Write::put("first", b"v".to_vec(), Precondition::DoesNotExist),
+                    Write::put("taken", b"w".to_vec(), Precondition::DoesNotExist),
+                ],
+                send: vec![Outgoing::now(b"lost".to_vec())],
+                ack: None,
+            },
+            Checkpoint {
+                writes: vec![Write::put("b", b"w".to_vec(), Precondition::DoesNotExist)],
+                send: vec![],
+                ack: Some(held[0].receipt.clone()),
+            },
+            put("c", Precondition::DoesNotExist, b"c"),
+        ])
+        .await;
+    assert!(
+        matches!(results[0], Err(Error::Conflict { .. })),
+        "{results:?}"
+    );
+    assert!(
+        matches!(results[1], Err(Error::Conflict { .. })),
+        "{results:?}"
+    );
+    assert!(
+        matches!(results[2], Ok(ref v) if *v == vec![1]),
+        "{results:?}"
+    );
+    assert_eq!(
+        b.get("first").await.unwrap(),
+        None,
+        "half a checkpoint applied"
+    );
+    let acked = b.ack(&held[0].receipt).await;
+    assert!(
+        acked.is_ok(),
+        "a refused checkpoint acked its message: {acked:?}"
+    );
+    let got = b.receive(10, SHORT, Duration::ZERO).await.unwrap();
+    let bodies: Vec<Vec<u8>> = got.into_iter().map(|m| m.body).collect();
+    assert_eq!(bodies, vec![b"c".to_vec()]);
 }
 
 async fn stale_receipts_are_refused(b: Arc<dyn Backend>) {

@@ -266,8 +266,9 @@ pub trait Backend: Store + Queue {
     async fn checkpoint(&self, checkpoint: Checkpoint) -> Result<Vec<u64>, Error>;
 
     /// Applies independent checkpoints, each as [`Backend::checkpoint`]
-    /// would: one failing leaves the others applied. Returns each one's
-    /// result, in order. A backend may commit them together (the embedded
+    /// would: one refused (a conflict, a stale receipt) leaves the others
+    /// applied, and nothing of its own; a backend failure may fail them
+    /// all. Returns each one's result, in order. A backend may commit them together (the embedded
     /// one does, in one transaction); the default applies them one by one.
     async fn checkpoint_batch(&self, batch: Vec<Checkpoint>) -> Vec<Result<Vec<u64>, Error>> {
         let mut results = Vec::with_capacity(batch.len());

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -179,11 +180,20 @@ async fn open(
         .await
         .with_context(|| format!("--listen {listen}"))?;
     let local = listener.local_addr()?;
+    let defaults = EngineConfig::default();
     let config = EngineConfig {
         public_url: Some(format!("http://{local}")),
         crash_at: crash_at()?,
         secrets,
-        ..EngineConfig::default()
+        review_recheck: receiver
+            .github
+            .protection_rule_recheck_secs
+            .map_or(defaults.review_recheck, Duration::from_secs),
+        review_timeout: receiver
+            .github
+            .protection_rule_timeout_secs
+            .map_or(defaults.review_timeout, Duration::from_secs),
+        ..defaults
     };
     if !advances_runs {
         // It only accepts events and decisions: no plugin to compile, and

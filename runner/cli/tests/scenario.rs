@@ -79,6 +79,10 @@ async fn fake_github(log: Log) -> SocketAddr {
             post(record),
         )
         .route("/repos/{owner}/{repo}/statuses/{sha}", post(record))
+        .route(
+            "/repos/{owner}/{repo}/actions/runs/{id}/deployment_protection_rule",
+            post(record),
+        )
         .with_state(log);
     gantry_tests::serve(app).await
 }
@@ -148,6 +152,7 @@ fn with_slack(text: String, slack: SocketAddr) -> String {
 struct Scenario {
     h: Harness,
     github: Log,
+    github_addr: SocketAddr,
     slack: Log,
     slack_addr: SocketAddr,
     http: reqwest::Client,
@@ -212,6 +217,56 @@ impl Scenario {
             .await;
         assert_eq!(status, 202, "{answer}");
         answer["run"].as_str().expect("run").to_string()
+    }
+
+    /// GitHub asks whether workflow run `workflow` may deploy `sha` to
+    /// `env`: a signed `deployment_protection_rule`.
+    async fn protection_rule(&mut self, env: &str, sha: &str, workflow: u32) -> u16 {
+        let callback = format!(
+            "http://{}/repos/acme/web/actions/runs/{workflow}/deployment_protection_rule",
+            self.github_addr
+        );
+        let (status, answer) = self
+            .webhook(
+                "deployment_protection_rule",
+                &format!("rule-{workflow}"),
+                &json!({
+                    "action": "requested", "environment": env, "event": "push",
+                    "ref": "refs/heads/main", "deployment_callback_url": callback,
+                    "deployment": {"id": workflow, "sha": sha, "environment": env},
+                    "repository": {"full_name": "acme/web"}, "installation": {"id": 1}
+                }),
+            )
+            .await;
+        assert_eq!(status, 202, "{answer}");
+        status
+    }
+
+    /// Gantry's answers to workflow run `workflow`'s protection rule.
+    fn review_answers(&self, workflow: u32) -> Vec<Value> {
+        let path = format!("/repos/acme/web/actions/runs/{workflow}/deployment_protection_rule");
+        self.github
+            .lock()
+            .expect("log")
+            .iter()
+            .filter(|(_, p, _)| *p == path)
+            .map(|(_, _, body)| body.clone())
+            .collect()
+    }
+
+    /// Waits for Gantry's answer to workflow run `workflow`.
+    async fn review_answer(&self, workflow: u32) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(answer) = self.review_answers(workflow).first() {
+                return answer.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no answer to protection rule {workflow}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The Approve button's value on the approval request for `run`.
@@ -350,13 +405,14 @@ async fn webhooks_slack_approval_and_github_deployments_end_to_end() {
     std::fs::write(
         &server_config,
         format!(
-            "[github]\nwebhook_secret = \"{GITHUB_SECRET}\"\napi_url = \"http://{github_addr}\"\ntoken = \"ghp-test-token\"\n\n[slack]\nsigning_secret = \"{SLACK_SECRET}\"\n[slack.users]\nU_ALICE = \"alice\"\nU_BOB = \"bob\"\n"
+            "[github]\nwebhook_secret = \"{GITHUB_SECRET}\"\napi_url = \"http://{github_addr}\"\ntoken = \"ghp-test-token\"\nprotection_rule_recheck_secs = 1\n\n[slack]\nsigning_secret = \"{SLACK_SECRET}\"\n[slack.users]\nU_ALICE = \"alice\"\nU_BOB = \"bob\"\n"
         ),
     )
     .expect("server config");
     let mut s = Scenario {
         h,
         github,
+        github_addr,
         slack,
         slack_addr,
         http: reqwest::Client::new(),
@@ -371,6 +427,25 @@ async fn webhooks_slack_approval_and_github_deployments_end_to_end() {
     let done = s.h.wait_status(&dev, "succeeded").await;
     assert_eq!(done["stages"][0]["steps"][1]["status"], "passed", "{done}");
     assert_eq!(s.h.app("dev").stable.as_deref(), Some(GOOD));
+
+    // A GitHub Actions job held by a deployment protection rule: GOOD passed
+    // dev, so it may deploy there; `qa` is no environment of the pipeline.
+    // The one for production waits until Gantry's production has a verdict.
+    s.protection_rule("dev", GOOD, 1).await;
+    let answer = s.review_answer(1).await;
+    assert_eq!(
+        (&answer["state"], &answer["environment_name"]),
+        (&json!("approved"), &json!("dev")),
+        "{answer}"
+    );
+    s.protection_rule("qa", GOOD, 2).await;
+    let answer = s.review_answer(2).await;
+    assert_eq!(answer["state"], "rejected", "{answer}");
+    assert!(
+        answer["comment"].as_str().unwrap_or("").contains("`qa`"),
+        "{answer}"
+    );
+    s.protection_rule("production", GOOD, 3).await;
 
     // 2. A signed merged PR takes the SHA through staging to an approval
     //    request in Slack.
@@ -416,6 +491,12 @@ async fn webhooks_slack_approval_and_github_deployments_end_to_end() {
     assert_eq!(s.h.app("production").stable.as_deref(), Some(GOOD));
     let decision = &done["stages"][1]["steps"][1]["decisions"][0];
     assert_eq!(decision["by"], "bob", "{decision}");
+    let answer = s.review_answer(3).await;
+    assert_eq!(answer["state"], "approved", "{answer}");
+    assert!(
+        answer["comment"].as_str().unwrap_or("").contains(&run),
+        "{answer}"
+    );
 
     // 5. GitHub saw one Deployment per environment with its statuses, and
     //    the commit statuses.
@@ -448,6 +529,7 @@ async fn webhooks_slack_approval_and_github_deployments_end_to_end() {
     s.h.wait_status(&dev, "succeeded").await;
     let run = s.merge(BAD, "merge-2").await;
     s.h.wait_status(&run, "waiting").await;
+    s.protection_rule("production", BAD, 4).await;
     let value = s.approval_button(&run).await;
     let (status, _, _) = s
         .click(SLACK_SECRET, now(), "U_BOB", "gantry_approve", &value, 4)
@@ -481,6 +563,12 @@ async fn webhooks_slack_approval_and_github_deployments_end_to_end() {
             "Slack rolled-back message: {rolled_back}; GitHub production for BAD: {deployments:?} {commit:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let answer = s.review_answer(4).await;
+    assert_eq!(answer["state"], "rejected", "{answer}");
+    // Each protection rule was answered once.
+    for workflow in 1..=4 {
+        assert_eq!(s.review_answers(workflow).len(), 1, "rule {workflow}");
     }
     // Staging now runs BAD: GOOD's staging deployment became inactive.
     let (deployments, _) = s.github_states(GOOD, "staging");

@@ -30,6 +30,7 @@ use crate::report::{DeploymentReport, DeploymentReporter};
 
 mod people;
 mod queries;
+mod reviews;
 mod steps;
 
 /// A named place where a test build of the engine kills its own process.
@@ -59,6 +60,12 @@ pub struct EngineConfig {
     pub public_url: Option<String>,
     /// SIGKILL this process at the n-th occurrence of a crash point (tests).
     pub crash_at: Option<(CrashPoint, u64)>,
+    /// How often a deployment protection rule without a verdict is looked
+    /// at again.
+    pub review_recheck: Duration,
+    /// How long a deployment protection rule may wait for a verdict before
+    /// it is rejected.
+    pub review_timeout: Duration,
 }
 
 impl Default for EngineConfig {
@@ -70,6 +77,8 @@ impl Default for EngineConfig {
             secrets: BTreeMap::new(),
             public_url: None,
             crash_at: None,
+            review_recheck: Duration::from_secs(30),
+            review_timeout: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -85,8 +94,9 @@ pub struct HandleError {
     /// When to try again.
     pub retry_in: Duration,
     /// A lost race (a conditional write or a receipt that another handler
-    /// changed): the message is sent again fresh instead of counting towards
-    /// the dead-letter limit.
+    /// changed, or another process's live lease): the message is sent again
+    /// fresh, after `retry_in`, instead of counting towards the dead-letter
+    /// limit.
     pub conflict: bool,
 }
 
@@ -174,6 +184,10 @@ type Intake = (
     Checkpoint,
     tokio::sync::oneshot::Sender<Result<Vec<u64>, gantry_store::Error>>,
 );
+
+/// How soon a message that found another process's live lease on its run
+/// is looked at again.
+const LEASE_RECHECK: Duration = Duration::from_millis(250);
 
 /// Most accepted events committed in one transaction.
 const INTAKE_BATCH: usize = 256;
@@ -532,15 +546,15 @@ impl Engine {
         match outcome {
             Ok(_) => {}
             Err(e) if e.conflict => {
-                // Lost a race: try again soon as a fresh message, spread out
-                // a little so the racers do not meet again.
+                // Lost a race: try again after `retry_in` as a fresh message,
+                // spread out a little so the racers do not meet again.
                 let mut jitter = [0u8; 1];
                 let _ = getrandom::fill(&mut jitter);
                 let again = Checkpoint {
                     writes: vec![],
                     send: vec![Outgoing::after(
                         message.body.clone(),
-                        Duration::from_millis(u64::from(jitter[0] % 16)),
+                        e.retry_in + Duration::from_millis(u64::from(jitter[0] % 16)),
                     )],
                     ack: Some(message.receipt.clone()),
                 };
@@ -574,6 +588,7 @@ impl Engine {
                 Ok("event")
             }
             Message::Advance { run, wake } => self.advance(&run, wake, message).await,
+            Message::Review { delivery, review } => self.review(&delivery, review, message).await,
         }
     }
 
@@ -684,11 +699,21 @@ impl Engine {
         }
         if let Some(effect) = &run.effect {
             let foreign = effect.lease_owner != self.config.worker_id;
-            if foreign && !self.config.exclusive && effect.lease_until_ms > now_ms() {
-                return Err(HandleError::later(format!(
-                    "run is leased by {} for effect {}",
-                    effect.lease_owner, effect.key
-                )));
+            let now = now_ms();
+            if foreign && !self.config.exclusive && effect.lease_until_ms > now {
+                // Not a failure: the holder may finish (then this message is
+                // stale), fail and retry (it should get its message back
+                // soon), or die (then the lease runs out). Sent again
+                // fresh, so waiting out a lease never dead-letters the run.
+                let remaining = Duration::from_millis(effect.lease_until_ms - now);
+                return Err(HandleError {
+                    conflict: true,
+                    retry_in: remaining.min(LEASE_RECHECK),
+                    ..HandleError::now(format!(
+                        "run is leased by {} for effect {}",
+                        effect.lease_owner, effect.key
+                    ))
+                });
             }
         }
         let _active = match ActiveRun::claim(&self.active, id) {

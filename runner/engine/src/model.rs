@@ -139,6 +139,34 @@ pub enum Message {
         /// The run's wake token when this was sent; stale otherwise.
         wake: u64,
     },
+    /// Answer a deployment protection rule once Gantry has a verdict on the
+    /// SHA in the environment; until then the message comes back later.
+    Review {
+        /// The delivery id it was deduped on.
+        delivery: String,
+        /// What GitHub asked.
+        review: ProtectionReview,
+    },
+}
+
+/// GitHub asks whether a deployment it holds (a GitHub Actions job, say) may
+/// go to an environment whose protection rule is Gantry: a
+/// `deployment_protection_rule` event. Gantry approves once the SHA has
+/// passed that environment of the repository's pipeline, and rejects once it
+/// failed there, was rolled back or was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProtectionReview {
+    /// `owner/name`.
+    pub repository: String,
+    /// The environment, as GitHub and the pipeline name it.
+    pub environment: String,
+    /// The commit being deployed.
+    pub sha: String,
+    /// Where GitHub takes the answer.
+    pub callback_url: String,
+    /// Unix ms after which a review still without a verdict is rejected.
+    #[serde(default)]
+    pub deadline_ms: u64,
 }
 
 /// Where a run is.

@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 
-use crate::model::DeploymentState;
+use crate::model::{DeploymentState, ProtectionReview};
 
 /// One report: an artifact's deployment into one environment changed state.
 #[derive(Debug, Clone)]
@@ -38,4 +38,15 @@ pub trait DeploymentReporter: Send + Sync {
     /// the same `key` created, or creates it, so repeating a report never
     /// creates a second one. Errors are retried by the engine later.
     async fn report(&self, report: &DeploymentReport) -> Result<u64, String>;
+
+    /// Answers `review` (a deployment protection rule): approved or
+    /// rejected, with `comment` for people. Errors are retried by the
+    /// engine later; an answer the host refuses for good (it was answered
+    /// already, or expired) is not an error.
+    async fn answer_review(
+        &self,
+        review: &ProtectionReview,
+        approved: bool,
+        comment: &str,
+    ) -> Result<(), String>;
 }

@@ -11,9 +11,10 @@
 //! repeat instead: it first looks for a Deployment carrying the same key.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use gantry_engine::model::DeploymentState;
+use gantry_engine::model::{DeploymentState, ProtectionReview};
 use gantry_engine::{DeploymentReport, DeploymentReporter};
 use octocrab::Octocrab;
 use serde_json::{Value, json};
@@ -43,9 +44,11 @@ const MAX_PAGES: usize = 50;
 
 /// A [`DeploymentReporter`] for GitHub.
 pub struct GithubReporter {
-    root: Octocrab,
+    root: Arc<Octocrab>,
+    /// The API's base URL, without a trailing `/`.
+    base_url: String,
     app: bool,
-    installations: tokio::sync::Mutex<HashMap<String, Octocrab>>,
+    installations: tokio::sync::Mutex<HashMap<String, Arc<Octocrab>>>,
 }
 
 fn error(what: &str, e: octocrab::Error) -> String {
@@ -84,14 +87,17 @@ impl GithubReporter {
             ),
         };
         Ok(GithubReporter {
-            root: root.map_err(|e| format!("GitHub client: {e}"))?,
+            root: Arc::new(root.map_err(|e| format!("GitHub client: {e}"))?),
+            base_url: base_url.trim_end_matches('/').to_string(),
             app,
             installations: tokio::sync::Mutex::default(),
         })
     }
 
     /// The client for `owner/repo`: the token's, or the App installation's.
-    async fn client(&self, owner: &str, repo: &str) -> Result<Octocrab, String> {
+    /// Shared, not cloned: an installation client caches its token, and a
+    /// clone of it would not see the token the other fetched.
+    async fn client(&self, owner: &str, repo: &str) -> Result<Arc<Octocrab>, String> {
         if !self.app {
             return Ok(self.root.clone());
         }
@@ -108,10 +114,11 @@ impl GithubReporter {
         let id = installation["id"]
             .as_u64()
             .ok_or_else(|| format!("the App's installation on {key} has no id"))?;
-        let client = self
-            .root
-            .installation(id.into())
-            .map_err(|e| error("installation client", e))?;
+        let client = Arc::new(
+            self.root
+                .installation(id.into())
+                .map_err(|e| error("installation client", e))?,
+        );
         installations.insert(key, client.clone());
         Ok(client)
     }
@@ -252,5 +259,57 @@ impl DeploymentReporter for GithubReporter {
             "reported to GitHub"
         );
         Ok(id)
+    }
+
+    /// Posts the answer to the review's callback URL as the App's
+    /// installation (GitHub takes protection rule answers from Apps only).
+    /// The callback must be under the configured API URL: the token goes
+    /// nowhere else. A 422 (answered already, or no longer waiting) is
+    /// final, not an error.
+    async fn answer_review(
+        &self,
+        review: &ProtectionReview,
+        approved: bool,
+        comment: &str,
+    ) -> Result<(), String> {
+        let (owner, repo) = review
+            .repository
+            .split_once('/')
+            .ok_or_else(|| format!("repository `{}` is not owner/name", review.repository))?;
+        let route = review
+            .callback_url
+            .strip_prefix(&self.base_url)
+            .filter(|route| route.starts_with('/'))
+            .ok_or_else(|| {
+                format!(
+                    "the protection rule's callback {} is not under the GitHub API at {}",
+                    review.callback_url, self.base_url
+                )
+            })?;
+        let gh = self.client(owner, repo).await?;
+        let body = json!({
+            "environment_name": review.environment,
+            "state": if approved { "approved" } else { "rejected" },
+            "comment": clip(comment),
+        });
+        let answered = gh
+            ._post(route, Some(&body))
+            .await
+            .map_err(|e| error("answering a protection rule", e))?;
+        let status = answered.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        if status.as_u16() == 422 {
+            tracing::warn!(
+                repository = %review.repository,
+                environment = %review.environment,
+                "GitHub no longer takes an answer to this protection rule (422)"
+            );
+            return Ok(());
+        }
+        Err(format!(
+            "answering a protection rule: GitHub answered {status}"
+        ))
     }
 }

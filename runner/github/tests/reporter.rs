@@ -1,8 +1,8 @@
 //! The GitHub reporter, real octocrab against small fake GitHub APIs: a
 //! Deployment create that GitHub applied but answered with a 502 is not
 //! repeated (the engine's retry finds it by its key), even when the SHA has
-//! pages of other deployments; and a GitHub App signs in with a JWT and
-//! reports with its installation token.
+//! pages of other deployments; and a GitHub App signs in with a JWT, then
+//! reports and answers protection rules with its installation token.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,7 +12,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json};
 use axum::routing::{get, post};
-use gantry_engine::model::DeploymentState;
+use gantry_engine::model::{DeploymentState, ProtectionReview};
 use gantry_engine::{DeploymentReport, DeploymentReporter};
 use gantry_github::{GithubAuth, GithubReporter};
 use serde_json::{Value, json};
@@ -227,6 +227,10 @@ async fn a_github_app_reports_with_its_installation_token() {
         .route("/repos/{o}/{r}/deployments", get(list).post(api))
         .route("/repos/{o}/{r}/deployments/{id}/statuses", post(api))
         .route("/repos/{o}/{r}/statuses/{sha}", post(api))
+        .route(
+            "/repos/{o}/{r}/actions/runs/{id}/deployment_protection_rule",
+            post(api),
+        )
         .with_state(seen.clone());
     let addr = gantry_tests::serve(app).await;
     let reporter = GithubReporter::new(
@@ -239,8 +243,26 @@ async fn a_github_app_reports_with_its_installation_token() {
     .expect("reporter");
     let report = queued("r1/staging", &"b".repeat(40), "staging");
     assert_eq!(reporter.report(&report).await.expect("report"), 9);
+    let review = ProtectionReview {
+        repository: "acme/web".into(),
+        environment: "staging".into(),
+        sha: "b".repeat(40),
+        callback_url: format!(
+            "http://{addr}/repos/acme/web/actions/runs/3/deployment_protection_rule"
+        ),
+        deadline_ms: 0,
+    };
+    reporter
+        .answer_review(&review, true, "passed")
+        .await
+        .expect("answer");
 
     let seen = seen.lock().expect("seen");
+    assert_eq!(
+        seen.last().map(|(route, _)| route.as_str()),
+        Some("/repos/acme/web/actions/runs/3/deployment_protection_rule"),
+        "{seen:?}"
+    );
     let (_, app_auth) = &seen[0];
     assert_eq!(seen[0].0, "installation", "{seen:?}");
     assert_eq!(
@@ -258,7 +280,7 @@ async fn a_github_app_reports_with_its_installation_token() {
         );
     }
     assert!(
-        seen.len() >= 5,
-        "list, create, status, commit status: {seen:?}"
+        seen.len() >= 6,
+        "list, create, status, commit status, review answer: {seen:?}"
     );
 }

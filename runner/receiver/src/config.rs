@@ -9,6 +9,8 @@
 //! token = "..."              # or GANTRY_GITHUB_TOKEN; or a GitHub App:
 //! app_id = 12345             # or GANTRY_GITHUB_APP_ID
 //! private_key_file = "app.pem"  # or GANTRY_GITHUB_APP_PRIVATE_KEY_FILE
+//! protection_rule_recheck_secs = 30      # deployment protection rules
+//! protection_rule_timeout_secs = 86400
 //!
 //! [slack]
 //! signing_secret = "..."     # or GANTRY_SLACK_SIGNING_SECRET
@@ -49,6 +51,12 @@ pub struct GithubHooks {
     pub app_id: Option<u64>,
     /// The GitHub App's private key (PEM).
     pub private_key_file: Option<std::path::PathBuf>,
+    /// Seconds between looks at a deployment protection rule that has no
+    /// verdict yet (default 30).
+    pub protection_rule_recheck_secs: Option<u64>,
+    /// Seconds a deployment protection rule may wait for a verdict before
+    /// Gantry rejects it (default 86,400).
+    pub protection_rule_timeout_secs: Option<u64>,
 }
 
 /// Slack app settings.
@@ -100,6 +108,20 @@ impl ReceiverConfig {
         }
         if config.github.app_id.is_some() != config.github.private_key_file.is_some() {
             return Err("github.app_id and github.private_key_file go together".into());
+        }
+        for (name, secs) in [
+            (
+                "github.protection_rule_recheck_secs",
+                config.github.protection_rule_recheck_secs,
+            ),
+            (
+                "github.protection_rule_timeout_secs",
+                config.github.protection_rule_timeout_secs,
+            ),
+        ] {
+            if secs == Some(0) {
+                return Err(format!("{name} must be at least 1"));
+            }
         }
         for (name, secret) in [
             ("github.webhook_secret", &config.github.webhook_secret),

@@ -1,5 +1,6 @@
 //! GitHub webhook payloads → the engine's source events.
 
+use gantry_engine::model::ProtectionReview;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -8,6 +9,8 @@ use serde_json::{Value, json};
 pub enum Translated {
     /// A source event for the engine.
     Event(Value),
+    /// A deployment protection rule to answer.
+    Review(ProtectionReview),
     /// Nothing to do, and why.
     Ignored(String),
 }
@@ -66,7 +69,22 @@ struct PullRequestEvent {
     repository: Repository,
 }
 
-/// Translates a `push` or `pull_request` payload. Errors name the field.
+#[derive(Deserialize)]
+struct ProtectedDeployment {
+    sha: String,
+}
+
+#[derive(Deserialize)]
+struct ProtectionRuleEvent {
+    action: String,
+    environment: String,
+    deployment_callback_url: String,
+    deployment: ProtectedDeployment,
+    repository: Repository,
+}
+
+/// Translates a `push`, `pull_request` or `deployment_protection_rule`
+/// payload. Errors name the field.
 pub fn translate(event: &str, body: &[u8]) -> Result<Translated, String> {
     match event {
         "push" => {
@@ -117,6 +135,23 @@ pub fn translate(event: &str, body: &[u8]) -> Result<Translated, String> {
                 "merged_by": pr.pull_request.merged_by.map(|u| u.login),
             })))
         }
+        "deployment_protection_rule" => {
+            let rule: ProtectionRuleEvent = serde_json::from_slice(body)
+                .map_err(|e| format!("deployment_protection_rule payload: {e}"))?;
+            if rule.action != "requested" {
+                return Ok(Translated::Ignored(format!(
+                    "deployment_protection_rule `{}` asks nothing",
+                    rule.action
+                )));
+            }
+            Ok(Translated::Review(ProtectionReview {
+                repository: rule.repository.full_name,
+                environment: rule.environment,
+                sha: rule.deployment.sha,
+                callback_url: rule.deployment_callback_url,
+                deadline_ms: 0,
+            }))
+        }
         other => Ok(Translated::Ignored(format!(
             "`{other}` events are not used"
         ))),
@@ -162,6 +197,38 @@ mod tests {
             translate("pull_request", closed.to_string().as_bytes()),
             Ok(Translated::Ignored(_))
         ));
+    }
+
+    #[test]
+    fn a_protection_rule_request_becomes_a_review() {
+        let body = json!({
+            "action": "requested", "environment": "production", "event": "push",
+            "ref": "refs/heads/main",
+            "deployment_callback_url": "https://api.github.com/repos/acme/web/actions/runs/7/deployment_protection_rule",
+            "deployment": {"id": 9, "sha": "a".repeat(40), "environment": "production"},
+            "repository": {"full_name": "acme/web"},
+            "installation": {"id": 5}
+        });
+        let t =
+            translate("deployment_protection_rule", body.to_string().as_bytes()).expect("review");
+        assert_eq!(
+            t,
+            Translated::Review(ProtectionReview {
+                repository: "acme/web".into(),
+                environment: "production".into(),
+                sha: "a".repeat(40),
+                callback_url:
+                    "https://api.github.com/repos/acme/web/actions/runs/7/deployment_protection_rule"
+                        .into(),
+                deadline_ms: 0,
+            })
+        );
+        let err = translate(
+            "deployment_protection_rule",
+            br#"{"action": "requested", "environment": "production"}"#,
+        )
+        .expect_err("incomplete");
+        assert!(err.contains("deployment_callback_url"), "{err}");
     }
 
     #[test]

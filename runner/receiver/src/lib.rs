@@ -3,7 +3,7 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `POST /webhooks/github` | `X-Hub-Signature-256` checked on the raw body; `ping`; `push`; `pull_request` closed and merged; other events 202 and ignored. Deduped on `X-GitHub-Hook-ID` + `X-GitHub-Delivery`, enqueued durably, then 202. |
+//! | `POST /webhooks/github` | `X-Hub-Signature-256` checked on the raw body; `ping`; `push`; `pull_request` closed and merged; `deployment_protection_rule` requested (answered once the SHA passed or failed that environment); other events 202 and ignored. Deduped on `X-GitHub-Hook-ID` + `X-GitHub-Delivery`, enqueued durably, then 202. |
 //! | `POST /webhooks/slack/interactions` | Slack `v0` signature over `v0:{timestamp}:{body}`, timestamp within 300 s, replays refused; an Approve or Reject click becomes the mapped user's decision, and the message is updated through `response_url`. |
 //!
 //! Every refusal answers before anything is written: nothing is enqueued
@@ -93,23 +93,34 @@ async fn github_hook(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: B
         return answer(StatusCode::OK, json!({ "pong": true }));
     }
     let hook = header(&headers, "x-github-hook-id").unwrap_or("-");
-    let source = match github::translate(event, &body) {
-        Ok(github::Translated::Event(source)) => source,
+    let id = format!("github-{hook}-{delivery}");
+    // (whether the delivery was accepted before, the answer's body)
+    let submitted = match github::translate(event, &body) {
+        Ok(github::Translated::Event(source)) => r
+            .engine
+            .submit(&id, source)
+            .await
+            .map(|s| (s.duplicate, Json(s).into_response())),
+        Ok(github::Translated::Review(review)) => {
+            r.engine.submit_review(&id, review).await.map(|duplicate| {
+                let body = json!({ "delivery": id, "duplicate": duplicate, "review": true });
+                (duplicate, Json(body).into_response())
+            })
+        }
         Ok(github::Translated::Ignored(why)) => {
             tracing::info!(event, delivery, %why, "GitHub event ignored");
             return answer(StatusCode::ACCEPTED, json!({ "ignored": why }));
         }
         Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
     };
-    let id = format!("github-{hook}-{delivery}");
-    match r.engine.submit(&id, source).await {
-        Ok(submitted) => {
-            let status = if submitted.duplicate {
+    match submitted {
+        Ok((duplicate, mut response)) => {
+            *response.status_mut() = if duplicate {
                 StatusCode::OK
             } else {
                 StatusCode::ACCEPTED
             };
-            (status, Json(submitted)).into_response()
+            response
         }
         // No pipeline or environment wants it: accepted and ignored.
         Err(e) if e.status == 422 => {

@@ -293,3 +293,38 @@ async fn expired_slack_request_records_are_forgotten() {
     );
     assert_eq!(r.slack(&recent, &recent_sig, &body).await, 409, "replay");
 }
+
+#[tokio::test]
+async fn protection_rules_are_enqueued_once_and_others_ignored() {
+    let r = Receiver::start(Some(GITHUB_SECRET), None).await;
+    let rule = |repository: &str| {
+        serde_json::to_vec(&json!({
+            "action": "requested", "environment": "dev", "event": "push",
+            "deployment_callback_url": "https://api.github.com/repos/acme/web/actions/runs/7/deployment_protection_rule",
+            "deployment": {"id": 9, "sha": "a".repeat(40), "environment": "dev"},
+            "repository": {"full_name": repository}
+        }))
+        .expect("json")
+    };
+    let body = rule("acme/web");
+    let good = sign_github(GITHUB_SECRET.as_bytes(), &body);
+    let event = "deployment_protection_rule";
+    let forged = sign_github(b"not the secret", &body);
+    assert_eq!(r.github(event, "p1", Some(&forged), &body).await, 401);
+    assert_eq!(r.queued().await, 0);
+    assert_eq!(r.github(event, "p1", Some(&good), &body).await, 202);
+    assert_eq!(
+        r.github(event, "p1", Some(&good), &body).await,
+        200,
+        "redelivery"
+    );
+    assert_eq!(r.queued().await, 1);
+    // Not a repository Gantry serves, and a payload missing its fields.
+    let other = rule("acme/other");
+    let signed = sign_github(GITHUB_SECRET.as_bytes(), &other);
+    assert_eq!(r.github(event, "p2", Some(&signed), &other).await, 202);
+    let broken = br#"{"action": "requested"}"#;
+    let signed = sign_github(GITHUB_SECRET.as_bytes(), broken);
+    assert_eq!(r.github(event, "p3", Some(&signed), broken).await, 400);
+    assert_eq!(r.queued().await, 1);
+}

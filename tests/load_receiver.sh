@@ -5,7 +5,8 @@
 # (group commit in SQLite) before its 202; then the same server's no-op
 # route (`GET /healthz`) with the same connections, for the ratio. The two
 # alternate for ROUNDS rounds, and the summary takes each one's median: on a
-# shared 2-core machine a single run swings by a fifth.
+# shared 2-core machine a single run swings by a fifth. Last, a paced round
+# just above the target rate (5,000 pushes/s) for its p99.
 #   bash tests/load_receiver.sh [SECONDS] [CONNECTIONS] [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -73,6 +74,12 @@ function init(args)
   f:close()
   signature = os.getenv("SIGNATURE")
   counter = 0
+  -- PACE_MS: each connection waits this long between requests (a paced
+  -- round at a fixed rate; wrk leaves the wait out of the latency).
+  pace = tonumber(os.getenv("PACE_MS") or "")
+end
+function delay()
+  return pace or 0
 end
 function request()
   counter = counter + 1
@@ -105,8 +112,16 @@ for round in $(seq "$rounds"); do
   echo "round $round: pushes $push | no-op $noop"
   echo "$push $noop" >>"$work/rounds"
 done
+# Above the target rate of 5,000 pushes/s (pacing leaves a little out),
+# each connection pacing itself.
+rate=5500
+pace_ms=$(python3 -c "print(round($connections * 1000 / $rate, 3))")
+paced=$(PACE_MS="$pace_ms" BODY_FILE="$work/body.json" SIGNATURE="$signature" \
+  run paced -s "$work/push.lua" "http://$addr")
+echo "paced at $rate/s: pushes $paced"
+echo "$paced" >"$work/paced"
 body_bytes=$(wc -c <"$work/body.json")
-python3 - "$work/rounds" "$body_bytes" <<'EOF'
+python3 - "$work/rounds" "$body_bytes" "$work/paced" "$rate" <<'EOF'
 import statistics, sys
 
 def ms(text):
@@ -129,11 +144,14 @@ print(f"| POST /webhooks/github, signed {sys.argv[2]}-byte push, enqueued durabl
       f"| {sum(int(r[2]) for r in rounds)} |")
 print(f"| GET /healthz (no-op) | {statistics.median(noop):,.0f} "
       f"| {statistics.median(noop_p99):.1f} ms | {sum(int(r[5]) for r in rounds)} |")
+paced = open(sys.argv[3]).read().split()
+print(f"| POST /webhooks/github, paced at {int(sys.argv[4]):,}/s "
+      f"| {float(paced[0]):,.0f} | {ms(paced[1]):.1f} ms | {paced[2]} |")
 print(f"durable pushes / no-op: {statistics.median(push) / statistics.median(noop):.0%} "
       f"(per round: {', '.join(f'{r:.0%}' for r in ratios)}); "
       f"worst push p99: {max(push_p99):.1f} ms")
 EOF
-if [ "$(awk '{s += $3} END {print s + 0}' "$work/rounds")" != "0" ]; then
+if [ "$(awk '{s += $3} END {print s + 0}' "$work/rounds" "$work/paced")" != "0" ]; then
   echo "some pushes were not accepted:" >&2
   tail -5 "$work/receiver.log" >&2
   exit 1

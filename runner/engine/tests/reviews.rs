@@ -1,9 +1,11 @@
 //! Deployment protection rules on a real engine and store: a review with no
 //! verdict is looked at again without holding a worker, and rejected when
 //! its time is up; one for an environment the pipeline lacks is rejected at
-//! once. GitHub is outside this machine, so its side is a recording
+//! once, and so is one for a repository with no pipeline; an answer GitHub
+//! refuses is tried again. GitHub is outside this machine, so its side is a recording
 //! [`DeploymentReporter`].
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,9 +25,13 @@ environments:
           command: [\"true\"]
 ";
 
-/// Answers given: (environment, approved, comment, when).
+/// Answers given: (environment, approved, comment, when); the first
+/// `failures` answers fail, as when GitHub is down.
 #[derive(Default)]
-struct Answers(Mutex<Vec<(String, bool, String, Instant)>>);
+struct Answers {
+    given: Mutex<Vec<(String, bool, String, Instant)>>,
+    failures: AtomicU32,
+}
 
 #[async_trait]
 impl DeploymentReporter for Answers {
@@ -39,7 +45,14 @@ impl DeploymentReporter for Answers {
         approved: bool,
         comment: &str,
     ) -> Result<(), String> {
-        self.0.lock().expect("answers").push((
+        if self
+            .failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err("GitHub answered 502 Bad Gateway".into());
+        }
+        self.given.lock().expect("answers").push((
             review.environment.clone(),
             approved,
             comment.to_string(),
@@ -65,7 +78,10 @@ async fn a_review_without_a_verdict_waits_then_is_rejected() {
     let dir = tempfile::tempdir().expect("tempdir");
     let backend = Arc::new(SqliteBackend::open(dir.path(), Options::default()).expect("open"));
     let pipeline = gantry_pipeline::parse(PIPELINE, dir.path()).expect("pipeline");
-    let answers = Arc::new(Answers::default());
+    let answers = Arc::new(Answers {
+        failures: AtomicU32::new(2),
+        ..Answers::default()
+    });
     let engine = Arc::new(
         Engine::hosted(
             backend,
@@ -99,16 +115,36 @@ async fn a_review_without_a_verdict_waits_then_is_rejected() {
         "deduped"
     );
     assert!(!engine.submit_review("d2", review("qa")).await.expect("qa"));
+    let elsewhere = ProtectionReview {
+        repository: "acme/other".into(),
+        ..review("staging")
+    };
+    assert!(!engine.submit_review("d3", elsewhere).await.expect("other"));
     let deadline = Instant::now() + Duration::from_secs(15);
-    while answers.0.lock().expect("answers").len() < 2 {
+    while answers.given.lock().expect("answers").len() < 3 {
         assert!(Instant::now() < deadline, "unanswered reviews");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let answers = answers.0.lock().expect("answers");
+    assert_eq!(answers.failures.load(Ordering::SeqCst), 0);
+    let mut answers = answers.given.lock().expect("answers").clone();
+    answers.sort_by_key(|a| a.3);
+    let (env, approved, comment, _) = answers
+        .iter()
+        .find(|a| a.0 == "staging")
+        .expect("the other repository's review");
+    assert!(!approved);
+    assert!(
+        comment.contains("no pipeline for acme/other"),
+        "{env}: {comment}"
+    );
+    answers.retain(|a| a.0 != "staging");
     let (env, approved, comment, at) = &answers[0];
     assert_eq!((env.as_str(), *approved), ("qa", false));
     assert!(comment.contains("no environment `qa`"), "{comment}");
-    assert!(at.duration_since(submitted) < Duration::from_secs(1));
+    assert!(
+        at.duration_since(submitted) < Duration::from_millis(1500),
+        "the answer was not tried again soon"
+    );
     let (env, approved, comment, at) = &answers[1];
     assert_eq!((env.as_str(), *approved), ("dev", false));
     assert!(comment.contains("no verdict"), "{comment}");

@@ -261,8 +261,9 @@ impl DeploymentReporter for GithubReporter {
         Ok(id)
     }
 
-    /// Posts the answer to the review's callback URL as the App's
-    /// installation (GitHub takes protection rule answers from Apps only).
+    /// Posts the answer to the review's callback URL with the App's
+    /// installation token (or the configured token: GitHub takes answers
+    /// from the App that owns the rule, or a token with `repo` scope).
     /// The callback must be under the configured API URL: the token goes
     /// nowhere else. A 422 (answered already, or no longer waiting) is
     /// final, not an error.
@@ -300,16 +301,18 @@ impl DeploymentReporter for GithubReporter {
         if status.is_success() {
             return Ok(());
         }
+        let said = gh.body_to_string(answered).await.unwrap_or_default();
         if status.as_u16() == 422 {
             tracing::warn!(
                 repository = %review.repository,
                 environment = %review.environment,
+                github = %said,
                 "GitHub no longer takes an answer to this protection rule (422)"
             );
             return Ok(());
         }
         Err(format!(
-            "answering a protection rule: GitHub answered {status}"
+            "answering a protection rule: GitHub answered {status}: {said}"
         ))
     }
 }

@@ -164,9 +164,10 @@ async fn slack_interaction(
     };
     // A signed request is unique to its timestamp and body: the same one
     // again, inside the window, is a replay.
+    // Lower case: hex is read either way, so `V0=AB…` is the same request.
     let seen = format!(
         "{SEEN_PREFIX}{timestamp:012}/{}",
-        signature_header.unwrap_or_default()
+        signature_header.unwrap_or_default().to_ascii_lowercase()
     );
     match r
         .engine
@@ -285,9 +286,14 @@ impl Receiver {
                         Write::delete(&item.key, Precondition::MatchesVersion(item.version))
                     })
                     .collect();
-                if let Err(e) = backend.write(writes).await {
-                    tracing::warn!(error = %e, "cannot forget old Slack requests");
-                    return;
+                match backend.write(writes).await {
+                    Ok(_) => {}
+                    // Another click's pruning got there first.
+                    Err(gantry_store::Error::Conflict { .. }) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot forget old Slack requests");
+                        return;
+                    }
                 }
             }
         });

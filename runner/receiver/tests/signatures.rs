@@ -240,6 +240,12 @@ async fn slack_signatures_timestamps_and_replays() {
     let sig = sign_slack(SLACK_SECRET.as_bytes(), &ts, body.as_bytes());
     assert_eq!(r.slack(&ts, &sig, &body).await, 404);
     assert_eq!(r.slack(&ts, &sig, &body).await, 409, "replay");
+    let shouted = format!("v0={}", sig["v0=".len()..].to_ascii_uppercase());
+    assert_eq!(
+        r.slack(&ts, &shouted, &body).await,
+        409,
+        "replay in upper case"
+    );
     assert_eq!(r.queued().await, 0);
 }
 
@@ -319,12 +325,13 @@ async fn protection_rules_are_enqueued_once_and_others_ignored() {
         "redelivery"
     );
     assert_eq!(r.queued().await, 1);
-    // Not a repository Gantry serves, and a payload missing its fields.
+    // Not a repository Gantry serves: enqueued too, so that the worker
+    // rejects it and GitHub does not wait. A payload missing its fields: 400.
     let other = rule("acme/other");
     let signed = sign_github(GITHUB_SECRET.as_bytes(), &other);
     assert_eq!(r.github(event, "p2", Some(&signed), &other).await, 202);
     let broken = br#"{"action": "requested"}"#;
     let signed = sign_github(GITHUB_SECRET.as_bytes(), broken);
     assert_eq!(r.github(event, "p3", Some(&signed), broken).await, 400);
-    assert_eq!(r.queued().await, 1);
+    assert_eq!(r.queued().await, 2);
 }

@@ -15,11 +15,16 @@ enum Verdict {
 }
 
 /// The latest decisive entry wins: a run that passed the environment
-/// approves, one that failed, was rolled back or was rejected there
-/// rejects. A newer run under way since then (or none yet) waits.
+/// approves, one that failed, was rolled back, was rejected or was refused
+/// entry there rejects. A newer run under way since then (or none yet) waits.
 fn verdict(evidence: Option<&Evidence>) -> Verdict {
     let entries = evidence.map_or(&[][..], |e| e.entries.as_slice());
-    let decisive = |kind: &str| matches!(kind, "complete" | "failure" | "rollback" | "rejection");
+    let decisive = |kind: &str| {
+        matches!(
+            kind,
+            "complete" | "failure" | "rollback" | "rejection" | "refused"
+        )
+    };
     let Some(at) = entries.iter().rposition(|e| decisive(&e.kind)) else {
         return Verdict::Wait;
     };
@@ -42,7 +47,9 @@ fn verdict(evidence: Option<&Evidence>) -> Verdict {
 
 impl Engine {
     /// Accepts a deployment protection rule: dedupes on `delivery` and
-    /// enqueues it durably. A repository without a pipeline is a 422.
+    /// enqueues it durably. Returns whether the delivery had been accepted
+    /// before. A repository without a pipeline is accepted too: its review
+    /// is rejected, naming the repository, so GitHub does not wait on it.
     pub async fn submit_review(
         &self,
         delivery: &str,
@@ -52,19 +59,6 @@ impl Engine {
             return Err(DecideError::new(
                 400,
                 "the delivery id must be 1 to 200 characters",
-            ));
-        }
-        if !self
-            .pipelines
-            .iter()
-            .any(|p| p.repository == review.repository)
-        {
-            return Err(DecideError::new(
-                422,
-                format!(
-                    "no pipeline is configured for repository `{}`",
-                    review.repository
-                ),
             ));
         }
         review.deadline_ms = now_ms() + self.config.review_timeout.as_millis() as u64;
@@ -147,10 +141,32 @@ impl Engine {
         };
         match &self.reporter {
             Some(reporter) => {
-                reporter
-                    .answer_review(&review, approved, &comment)
-                    .await
-                    .map_err(|e| HandleError::later(format!("protection rule answer: {e}")))?;
+                if let Err(e) = reporter.answer_review(&review, approved, &comment).await {
+                    // GitHub may be down for a while: try again later, as a
+                    // fresh message, until the review's deadline; after it,
+                    // the queue's retries end in the dead-letter list.
+                    if now_ms() >= review.deadline_ms {
+                        return Err(HandleError::later(format!("protection rule answer: {e}")));
+                    }
+                    tracing::warn!(
+                        repository = %review.repository,
+                        environment = %review.environment,
+                        error = %e,
+                        "cannot answer a deployment protection rule yet; trying again later"
+                    );
+                    let again = Message::Review {
+                        delivery: delivery.to_string(),
+                        review,
+                    };
+                    self.backend
+                        .checkpoint(Checkpoint {
+                            writes: vec![],
+                            send: vec![Outgoing::after(encode(&again), self.config.review_recheck)],
+                            ack: Some(message.receipt.clone()),
+                        })
+                        .await?;
+                    return Ok("review answer retried");
+                }
                 tracing::info!(
                     repository = %review.repository,
                     environment = %review.environment,
@@ -204,5 +220,8 @@ mod tests {
         assert_eq!(verdict(Some(&evidence)), Verdict::Wait);
         evidence.entries.push(entry("r2", "complete"));
         assert!(matches!(verdict(Some(&evidence)), Verdict::Approve(c) if c.contains("r2")));
+        // A run refused entry (no complete evidence upstream) is a verdict.
+        evidence.entries.push(entry("r3", "refused"));
+        assert!(matches!(verdict(Some(&evidence)), Verdict::Reject(c) if c.contains("r3")));
     }
 }

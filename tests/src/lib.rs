@@ -26,6 +26,19 @@ pub fn plugin(name: &str) -> PathBuf {
     path
 }
 
+/// A pipeline `web` for `acme/web` with one environment, `dev`, that a push
+/// to a `feature/*` branch enters; its one step runs the command `true`.
+pub const ONE_STEP_PIPELINE: &str = "pipeline: web
+repository: acme/web
+environments:
+  dev:
+    trigger:
+      push: { branches: [\"feature/*\"] }
+    steps:
+      - deploy:
+          command: [\"true\"]
+";
+
 /// The example pipeline (`tests/example/gantry.yaml`) with absolute plugin
 /// paths and the toy app of each environment at `addrs` (by environment
 /// name) instead of the fixed ports 7101-7103.

@@ -217,6 +217,17 @@ async fn commit_intake(backend: Arc<dyn Backend>, mut queue: tokio::sync::mpsc::
     }
 }
 
+/// A delivery id is 1 to 200 characters.
+fn check_delivery(delivery: &str) -> Result<(), DecideError> {
+    if delivery.is_empty() || delivery.len() > 200 {
+        return Err(DecideError::new(
+            400,
+            "the delivery id must be 1 to 200 characters",
+        ));
+    }
+    Ok(())
+}
+
 fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     if getrandom::fill(&mut buf).is_err() {
@@ -420,12 +431,7 @@ impl Engine {
         delivery: &str,
         event: serde_json::Value,
     ) -> Result<Submitted, DecideError> {
-        if delivery.is_empty() || delivery.len() > 200 {
-            return Err(DecideError::new(
-                400,
-                "the delivery id must be 1 to 200 characters",
-            ));
-        }
+        check_delivery(delivery)?;
         let parsed = SourceEvent::deserialize(&event)
             .map_err(|e| DecideError::new(400, format!("malformed event: {e}")))?;
         parsed
@@ -439,28 +445,40 @@ impl Engine {
             delivery: delivery.to_string(),
             event,
         };
-        let result = self
-            .enqueue(Checkpoint {
-                writes: vec![Write::put(
-                    delivery_key(delivery),
-                    encode(&record),
-                    Precondition::DoesNotExist,
-                )],
-                send: vec![Outgoing::now(encode(&message))],
-                ack: None,
-            })
-            .await;
-        let duplicate = match result {
-            Ok(_) => false,
-            Err(gantry_store::Error::Conflict { .. }) => true,
-            Err(e) => return Err(DecideError::new(503, e.to_string())),
-        };
+        let duplicate = self.accept(delivery, &record, &message).await?;
         Ok(Submitted {
             delivery: delivery.to_string(),
             run,
             duplicate,
             environments,
         })
+    }
+
+    /// Records `delivery` (as `record`) and enqueues `message`, durably, in
+    /// one checkpoint; returns whether the delivery had been accepted
+    /// before, in which case nothing new is enqueued.
+    async fn accept(
+        &self,
+        delivery: &str,
+        record: &serde_json::Value,
+        message: &Message,
+    ) -> Result<bool, DecideError> {
+        let result = self
+            .enqueue(Checkpoint {
+                writes: vec![Write::put(
+                    delivery_key(delivery),
+                    encode(record),
+                    Precondition::DoesNotExist,
+                )],
+                send: vec![Outgoing::now(encode(message))],
+                ack: None,
+            })
+            .await;
+        match result {
+            Ok(_) => Ok(false),
+            Err(gantry_store::Error::Conflict { .. }) => Ok(true),
+            Err(e) => Err(DecideError::new(503, e.to_string())),
+        }
     }
 
     /// Commits an accepted event's checkpoint together with the others that

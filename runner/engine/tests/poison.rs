@@ -9,21 +9,11 @@ use gantry_store::{Outgoing, Queue};
 use gantry_store_sqlite::{Options, SqliteBackend};
 use serde_json::json;
 
-const PIPELINE: &str = "pipeline: web
-repository: acme/web
-environments:
-  dev:
-    trigger:
-      push: { branches: [\"*\"] }
-    steps:
-      - deploy:
-          command: [\"true\"]
-";
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_messages_are_dead_lettered_after_the_receive_limit_while_runs_flow() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let pipeline = gantry_pipeline::parse(PIPELINE, dir.path()).expect("pipeline");
+    let pipeline =
+        gantry_pipeline::parse(gantry_tests::ONE_STEP_PIPELINE, dir.path()).expect("pipeline");
     let backend = Arc::new(
         SqliteBackend::open(
             dir.path(),
@@ -53,8 +43,7 @@ async fn malformed_messages_are_dead_lettered_after_the_receive_limit_while_runs
     }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let workers = tokio::spawn(gantry_engine::worker::run(engine.clone(), 4, stopped));
-    let event =
-        json!({"kind": "push", "repository": "acme/web", "branch": "x", "sha": "abcdef1234567"});
+    let event = json!({"kind": "push", "repository": "acme/web", "branch": "feature/x", "sha": "abcdef1234567"});
     let run = engine.submit("good", event).await.expect("submit").run;
 
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -14,17 +14,6 @@ use gantry_engine::model::ProtectionReview;
 use gantry_engine::{DeploymentReport, DeploymentReporter, Engine, EngineConfig};
 use gantry_store_sqlite::{Options, SqliteBackend};
 
-const PIPELINE: &str = "pipeline: web
-repository: acme/web
-environments:
-  dev:
-    trigger:
-      push: { branches: [\"feature/*\"] }
-    steps:
-      - deploy:
-          command: [\"true\"]
-";
-
 /// Answers given: (environment, approved, comment, when); the first
 /// `failures` answers fail, as when GitHub is down.
 #[derive(Default)]
@@ -77,7 +66,8 @@ fn review(environment: &str) -> ProtectionReview {
 async fn a_review_without_a_verdict_waits_then_is_rejected() {
     let dir = tempfile::tempdir().expect("tempdir");
     let backend = Arc::new(SqliteBackend::open(dir.path(), Options::default()).expect("open"));
-    let pipeline = gantry_pipeline::parse(PIPELINE, dir.path()).expect("pipeline");
+    let pipeline =
+        gantry_pipeline::parse(gantry_tests::ONE_STEP_PIPELINE, dir.path()).expect("pipeline");
     let answers = Arc::new(Answers {
         failures: AtomicU32::new(2),
         ..Answers::default()

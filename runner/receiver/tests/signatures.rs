@@ -11,17 +11,6 @@ use gantry_store::{Precondition, Queue, Store, Write};
 use gantry_store_sqlite::{Options, SqliteBackend};
 use serde_json::json;
 
-const PIPELINE: &str = "pipeline: web
-repository: acme/web
-environments:
-  dev:
-    trigger:
-      push: { branches: [\"feature/*\"] }
-    steps:
-      - deploy:
-          command: [\"true\"]
-";
-
 const GITHUB_SECRET: &str = "It's a Secret to Everybody";
 const SLACK_SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
 
@@ -35,7 +24,8 @@ struct Receiver {
 impl Receiver {
     async fn start(github: Option<&str>, slack: Option<&str>) -> Receiver {
         let dir = tempfile::tempdir().expect("tempdir");
-        let pipeline = gantry_pipeline::parse(PIPELINE, dir.path()).expect("pipeline");
+        let pipeline =
+            gantry_pipeline::parse(gantry_tests::ONE_STEP_PIPELINE, dir.path()).expect("pipeline");
         let backend = Arc::new(SqliteBackend::open(dir.path(), Options::default()).expect("open"));
         let engine = Arc::new(
             Engine::hosted(

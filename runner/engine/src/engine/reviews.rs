@@ -55,34 +55,36 @@ impl Engine {
         delivery: &str,
         mut review: ProtectionReview,
     ) -> Result<bool, DecideError> {
-        if delivery.is_empty() || delivery.len() > 200 {
-            return Err(DecideError::new(
-                400,
-                "the delivery id must be 1 to 200 characters",
-            ));
-        }
+        check_delivery(delivery)?;
         review.deadline_ms = now_ms() + self.config.review_timeout.as_millis() as u64;
         let record = serde_json::json!({ "review": review, "at_ms": now_ms() });
         let message = Message::Review {
             delivery: delivery.to_string(),
             review,
         };
-        let result = self
-            .enqueue(Checkpoint {
-                writes: vec![Write::put(
-                    delivery_key(delivery),
-                    encode(&record),
-                    Precondition::DoesNotExist,
-                )],
-                send: vec![Outgoing::now(encode(&message))],
-                ack: None,
+        self.accept(delivery, &record, &message).await
+    }
+
+    /// Sends `review` again after [`EngineConfig::review_recheck`], in the
+    /// checkpoint that acks `message`.
+    async fn review_later(
+        &self,
+        delivery: &str,
+        review: ProtectionReview,
+        message: &Received,
+    ) -> Result<(), HandleError> {
+        let again = Message::Review {
+            delivery: delivery.to_string(),
+            review,
+        };
+        self.backend
+            .checkpoint(Checkpoint {
+                writes: vec![],
+                send: vec![Outgoing::after(encode(&again), self.config.review_recheck)],
+                ack: Some(message.receipt.clone()),
             })
-            .await;
-        match result {
-            Ok(_) => Ok(false),
-            Err(gantry_store::Error::Conflict { .. }) => Ok(true),
-            Err(e) => Err(DecideError::new(503, e.to_string())),
-        }
+            .await?;
+        Ok(())
     }
 
     /// Answers `review` if the ledger has a verdict (or its time is up);
@@ -125,17 +127,7 @@ impl Engine {
             Verdict::Approve(comment) => (true, comment),
             Verdict::Reject(comment) => (false, comment),
             Verdict::Wait => {
-                let again = Message::Review {
-                    delivery: delivery.to_string(),
-                    review,
-                };
-                self.backend
-                    .checkpoint(Checkpoint {
-                        writes: vec![],
-                        send: vec![Outgoing::after(encode(&again), self.config.review_recheck)],
-                        ack: Some(message.receipt.clone()),
-                    })
-                    .await?;
+                self.review_later(delivery, review, message).await?;
                 return Ok("review waits");
             }
         };
@@ -154,17 +146,7 @@ impl Engine {
                         error = %e,
                         "cannot answer a deployment protection rule yet; trying again later"
                     );
-                    let again = Message::Review {
-                        delivery: delivery.to_string(),
-                        review,
-                    };
-                    self.backend
-                        .checkpoint(Checkpoint {
-                            writes: vec![],
-                            send: vec![Outgoing::after(encode(&again), self.config.review_recheck)],
-                            ack: Some(message.receipt.clone()),
-                        })
-                        .await?;
+                    self.review_later(delivery, review, message).await?;
                     return Ok("review answer retried");
                 }
                 tracing::info!(

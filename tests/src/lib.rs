@@ -7,12 +7,67 @@
 //! - [`rss_bytes`]: this process's resident memory.
 //! - [`serve`]: an axum router on a loopback port (fake GitHub, fake Slack,
 //!   a receiver under test).
+//! - [`fakes`]: plugins and a deploy target in process, counting effects by
+//!   idempotency key; [`TestEngine`]: an engine over a fresh embedded store
+//!   with them.
 
 mod fake_app;
+pub mod fakes;
 
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use gantry_engine::{Engine, EngineConfig};
+use gantry_store_sqlite::{Options, SqliteBackend};
 
 pub use fake_app::FakeApp;
+pub use fakes::{FakeDeployer, FakePlugins};
+
+/// An engine over a fresh embedded store in a temporary dir, with fake
+/// plugins and a fake deploy target.
+pub struct TestEngine {
+    /// The engine.
+    pub engine: Arc<Engine>,
+    /// Its store.
+    pub backend: Arc<SqliteBackend>,
+    /// Its plugins.
+    pub plugins: Arc<FakePlugins>,
+    /// Its deploy target.
+    pub deployer: Arc<FakeDeployer>,
+    /// The data dir, removed on drop.
+    pub dir: tempfile::TempDir,
+}
+
+impl TestEngine {
+    /// An engine for the pipeline `text` (plugin paths relative to this
+    /// crate's `example/` dir), configured by `config`.
+    pub fn new(text: &str, config: EngineConfig) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/example"));
+        let pipeline = gantry_pipeline::parse(text, &base).expect("pipeline");
+        let backend = Arc::new(
+            SqliteBackend::open(
+                &dir.path().join("data"),
+                Options {
+                    fsync: false,
+                    ..Options::default()
+                },
+            )
+            .expect("open the store"),
+        );
+        let plugins = FakePlugins::new();
+        let deployer = FakeDeployer::new();
+        let engine = Engine::new(backend.clone(), vec![pipeline], plugins.clone(), config)
+            .with_deployer(deployer.clone());
+        TestEngine {
+            engine: Arc::new(engine),
+            backend,
+            plugins,
+            deployer,
+            dir,
+        }
+    }
+}
 
 /// The compiled component of example plugin `name` (e.g. `"http-health"`).
 pub fn plugin(name: &str) -> PathBuf {

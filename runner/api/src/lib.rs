@@ -4,22 +4,25 @@
 //! | route | what |
 //! |---|---|
 //! | `POST /api/events` | `{"delivery"?, "event": {...}}`: dedupe, enqueue durably, 202 |
-//! | `GET /api/runs`, `GET /api/runs/{id}` | runs, with stages, steps and timings |
+//! | `GET /api/runs?limit=&after=` | `{"runs": [...], "next"}`: a page of runs, newest first |
+//! | `GET /api/runs/{id}` | one run, with stages, steps and timings |
 //! | `POST /api/runs/{id}/decisions` | `{"environment","user","approve","reason","token"?}` |
 //! | `GET /api/evidence/{sha}` | the evidence ledger of a commit |
 //! | `GET /api/environments` | environment state: current, previous, holder, held |
 //! | `POST /api/environments/{env}/release` | `{"pipeline"?}`: clear a hold |
-//! | `GET /api/dlq`, `POST /api/dlq/{id}/retry` | dead letters; re-drive one |
-//! | `GET /healthz`, `GET /metrics` | liveness; Prometheus text |
+//! | `GET /api/dlq?limit=&after=` | `{"dead_letters": [...], "next"}`, oldest first |
+//! | `POST /api/dlq/{id}/retry` | put a dead letter's run back where it was |
+//! | `GET /healthz` | `ok`, or `degraded` with the runs needing attention and dead letters |
+//! | `GET /metrics` | Prometheus text |
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use gantry_engine::{DecideError, Engine};
+use gantry_engine::{Engine, Refusal};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::Digest;
@@ -33,13 +36,32 @@ impl IntoResponse for AppError {
     }
 }
 
-impl From<DecideError> for AppError {
-    fn from(e: DecideError) -> Self {
-        AppError(
-            StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            e.message,
-        )
+/// The HTTP status of a refusal.
+pub fn status_of(refusal: &Refusal) -> StatusCode {
+    match refusal {
+        Refusal::Invalid(_) => StatusCode::BAD_REQUEST,
+        Refusal::Forbidden(_) => StatusCode::FORBIDDEN,
+        Refusal::NotFound(_) => StatusCode::NOT_FOUND,
+        Refusal::Conflict(_) => StatusCode::CONFLICT,
+        Refusal::NotRouted(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
     }
+}
+
+impl From<Refusal> for AppError {
+    fn from(e: Refusal) -> Self {
+        AppError(status_of(&e), e.to_string())
+    }
+}
+
+/// A page: at most `limit` (default 50), after cursor `after`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    after: Option<String>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> AppError {
@@ -65,9 +87,18 @@ pub fn app(engine: Arc<Engine>) -> Router {
 
 async fn healthz(State(engine): State<Arc<Engine>>) -> Result<Json<Value>, AppError> {
     let depth = engine.backend().depth().await.map_err(unavailable)?;
+    let counts = engine.counts().await.map_err(unavailable)?;
+    let attention = counts.runs.get("needs_attention").copied().unwrap_or(0);
+    let status = if attention > 0 || counts.dead_letters > 0 {
+        "degraded"
+    } else {
+        "ok"
+    };
     Ok(Json(json!({
-        "status": "ok",
-        "queue": { "visible": depth.visible, "delayed": depth.delayed, "in_flight": depth.in_flight, "dead": depth.dead },
+        "status": status,
+        "runs_needing_attention": attention,
+        "dead_letters": counts.dead_letters,
+        "queue": { "visible": depth.visible, "delayed": depth.delayed, "in_flight": depth.in_flight },
         "workers_busy": engine.metrics().busy_workers(),
     })))
 }
@@ -113,8 +144,14 @@ async fn submit(
     Ok((status, Json(json!(submitted))))
 }
 
-async fn runs(State(engine): State<Arc<Engine>>) -> Result<Json<Value>, AppError> {
-    let runs = engine.runs().await.map_err(unavailable)?;
+async fn runs(
+    State(engine): State<Arc<Engine>>,
+    Query(page): Query<PageQuery>,
+) -> Result<Json<Value>, AppError> {
+    let runs = engine
+        .runs(page.limit.unwrap_or(50), page.after)
+        .await
+        .map_err(unavailable)?;
     Ok(Json(json!(runs)))
 }
 
@@ -156,7 +193,7 @@ async fn decide(
             body.token.as_deref(),
         )
         .await?;
-    Ok(Json(outcome))
+    Ok(Json(json!(outcome)))
 }
 
 async fn evidence(
@@ -195,42 +232,44 @@ async fn release(
         serde_json::from_slice(&body)
             .map_err(|e| AppError(StatusCode::BAD_REQUEST, format!("body: {e}")))?
     };
-    Ok(Json(engine.release(body.pipeline.as_deref(), &env).await?))
+    Ok(Json(json!(
+        engine.release(body.pipeline.as_deref(), &env).await?
+    )))
 }
 
-async fn dlq(State(engine): State<Arc<Engine>>) -> Result<Json<Value>, AppError> {
-    let dead = engine
-        .backend()
-        .dead_letters(1000)
+async fn dlq(
+    State(engine): State<Arc<Engine>>,
+    Query(page): Query<PageQuery>,
+) -> Result<Json<Value>, AppError> {
+    let (letters, next) = engine
+        .dead_letters(page.limit.unwrap_or(100), page.after)
         .await
         .map_err(unavailable)?;
-    let entries: Vec<Value> = dead
+    let entries: Vec<Value> = letters
         .into_iter()
         .map(|d| {
-            let body = serde_json::from_slice::<Value>(&d.body)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&d.body).into_owned()));
+            let message = serde_json::from_str::<Value>(&d.message)
+                .unwrap_or_else(|_| Value::String(d.message.clone()));
             json!({
                 "id": d.id,
+                "run": d.run,
+                "error": d.error,
                 "receive_count": d.receive_count,
-                "last_error": d.last_error,
-                "dead_at_ms": d.dead_at_ms,
-                "message": body,
+                "attempts": d.attempts,
+                "at_ms": d.at_ms,
+                "message": message,
             })
         })
         .collect();
-    Ok(Json(Value::Array(entries)))
+    Ok(Json(json!({ "dead_letters": entries, "next": next })))
 }
 
 async fn dlq_retry(
     State(engine): State<Arc<Engine>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, AppError> {
-    if engine.backend().redrive(&id).await.map_err(unavailable)? {
-        Ok(Json(json!({ "id": id, "redriven": true })))
-    } else {
-        Err(AppError(
-            StatusCode::NOT_FOUND,
-            format!("no dead letter {id}"),
-        ))
-    }
+    let letter = engine.redrive(&id).await?;
+    Ok(Json(
+        json!({ "id": id, "redriven": true, "run": letter.run }),
+    ))
 }

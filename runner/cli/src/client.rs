@@ -69,8 +69,15 @@ pub enum SubmitCommand {
 /// `gantry runs`.
 #[derive(Subcommand)]
 pub enum RunsCommand {
-    /// Every run, oldest first.
-    List,
+    /// Runs, newest first, a page at a time.
+    List {
+        /// Runs per page (at most 500).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Start after this cursor (printed at the end of a full page).
+        #[arg(long)]
+        after: Option<String>,
+    },
     /// One run's timeline.
     Show {
         /// The run id.
@@ -227,15 +234,19 @@ pub async fn submit(server: ServerArgs, command: SubmitCommand) -> anyhow::Resul
 pub async fn runs(server: ServerArgs, command: RunsCommand) -> anyhow::Result<ExitCode> {
     let client = Client::new(&server);
     match command {
-        RunsCommand::List => {
-            let runs = client.get("/api/runs").await?;
+        RunsCommand::List { limit, after } => {
+            let mut path = format!("/api/runs?limit={limit}");
+            if let Some(after) = &after {
+                path.push_str(&format!("&after={}", url_escape(after)));
+            }
+            let page = client.get(&path).await?;
             if server.json {
-                print_json(&runs);
+                print_json(&page);
                 return Ok(ExitCode::SUCCESS);
             }
-            let list = runs.as_array().cloned().unwrap_or_default();
+            let list = page["runs"].as_array().cloned().unwrap_or_default();
             if list.is_empty() {
-                println!("no runs yet");
+                println!("no runs");
             }
             for run in list {
                 let stage = run["stages"]
@@ -251,6 +262,9 @@ pub async fn runs(server: ServerArgs, command: RunsCommand) -> anyhow::Result<Ex
                     stage,
                     run["reason"].as_str().unwrap_or(""),
                 );
+            }
+            if let Some(next) = page["next"].as_str() {
+                println!("more: gantry runs list --after {next}");
             }
         }
         RunsCommand::Show { id } => {
@@ -303,6 +317,12 @@ fn timeline(run: &Value) -> String {
         out.push_str(&format!(" — {reason}"));
     }
     out.push('\n');
+    if let Some(letter) = run["attention"]["dead_letter"].as_str() {
+        out.push_str(&format!(
+            "needs attention: {}\n  retry with: gantry dlq retry {letter}\n",
+            run["attention"]["error"].as_str().unwrap_or("?")
+        ));
+    }
     for stage in run["stages"].as_array().cloned().unwrap_or_default() {
         out.push_str(&format!(
             "  {:<12} {:<12} {}\n",
@@ -327,7 +347,8 @@ fn timeline(run: &Value) -> String {
                 took(&step["started_ms"], &step["finished_ms"]),
                 step["detail"].as_str().unwrap_or(""),
             ));
-            for d in step["decisions"].as_array().cloned().unwrap_or_default() {
+            let decisions = step["approval"]["decisions"].as_array().cloned();
+            for d in decisions.unwrap_or_default() {
                 out.push_str(&format!(
                     "        {} by {}: {}\n",
                     if d["approve"].as_bool() == Some(true) {
@@ -463,53 +484,59 @@ pub async fn release(
 /// `gantry dlq`.
 pub async fn dlq(server: ServerArgs, command: DlqCommand) -> anyhow::Result<ExitCode> {
     let client = Client::new(&server);
-    let list = client.get("/api/dlq").await?;
     match command {
         DlqCommand::List => {
+            let list = client.get("/api/dlq?limit=1000").await?;
             if server.json {
                 print_json(&list);
                 return Ok(ExitCode::SUCCESS);
             }
-            let entries = list.as_array().cloned().unwrap_or_default();
+            let entries = list["dead_letters"].as_array().cloned().unwrap_or_default();
             if entries.is_empty() {
-                println!("the dead-letter list is empty");
+                println!("no dead letters");
             }
             for e in entries {
                 println!(
-                    "{:<6} received {}×  {}  last error: {}",
+                    "{}  run {}  received {}×, {} attempts\n    {}",
                     e["id"].as_str().unwrap_or("?"),
+                    e["run"].as_str().unwrap_or("-"),
                     e["receive_count"],
-                    e["message"],
-                    e["last_error"].as_str().unwrap_or("-")
+                    e["attempts"],
+                    e["error"].as_str().unwrap_or("-")
                 );
             }
         }
         DlqCommand::Retry { id, all } => {
             let ids: Vec<String> = match (id, all) {
                 (Some(id), false) => vec![id],
-                (None, true) => list
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .iter()
-                    .filter_map(|e| e["id"].as_str().map(str::to_string))
-                    .collect(),
+                (None, true) => {
+                    let list = client.get("/api/dlq?limit=1000").await?;
+                    list["dead_letters"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .iter()
+                        .filter_map(|e| e["id"].as_str().map(str::to_string))
+                        .collect()
+                }
                 _ => return Err(anyhow!("give a dead letter id or --all")),
             };
             let mut done = Vec::new();
             for id in ids {
-                done.push(
-                    client
-                        .post(&format!("/api/dlq/{id}/retry"), json!({}))
-                        .await?,
-                );
+                let path = format!("/api/dlq/{}/retry", url_escape(&id));
+                done.push(client.post(&path, json!({})).await?);
             }
             if server.json {
                 print_json(&Value::Array(done));
             } else {
-                println!("re-drove {} message(s)", done.len());
+                println!("retried {} dead letter(s)", done.len());
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `text` as one URL path segment or query value.
+fn url_escape(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }

@@ -8,9 +8,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use async_trait::async_trait;
 use clap::Args;
-use gantry_engine::{CrashPoint, Engine, EngineConfig, HostedPlugins, Metrics};
+use gantry_engine::{Engine, EngineConfig};
 use gantry_github::{GithubAuth, GithubReporter};
+use gantry_pipeline::Pipeline;
+use gantry_plugin_api::{
+    Direction, Event, MigrationOutcome, PluginFailure, PluginRef, PluginRunner, SecretSource,
+    StepContext, Verdict,
+};
+use gantry_plugin_host::{HostConfig, HostedPlugins, PluginHost};
 use gantry_receiver::ReceiverConfig;
 use gantry_store::Backend;
 use gantry_store_sqlite::{Options, SqliteBackend};
@@ -25,12 +32,23 @@ pub struct CommonArgs {
     /// Where the embedded store (one SQLite file) lives.
     #[arg(long, default_value = ".gantry", env = "GANTRY_DATA_DIR")]
     data_dir: PathBuf,
-    /// A message received this many times goes to the dead-letter list.
-    #[arg(long, default_value_t = 5)]
+    /// A message whose handler failed this many times (with a backoff
+    /// between tries that doubles up to 5 minutes) is dead-lettered.
+    #[arg(long, default_value_t = 12)]
+    max_attempts: u32,
+    /// A message received this many times without its handler finishing (a
+    /// process that dies on it) is dead-lettered.
+    #[arg(long, default_value_t = 20)]
     max_receives: u32,
-    /// fsync every commit (survives power loss, slower).
+    /// How long a received message stays hidden from other workers, in
+    /// seconds; extended while its handler runs.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=43_200))]
+    visibility_timeout: u64,
+    /// Do not wait for the disk before answering a webhook or a decision:
+    /// faster, but a power loss may lose the last ones (a process crash
+    /// loses nothing either way).
     #[arg(long)]
-    fsync: bool,
+    no_fsync: bool,
     /// A TOML file with the webhook secrets and Slack user mapping (see
     /// README, "Connecting GitHub and Slack"); the env vars
     /// GANTRY_GITHUB_WEBHOOK_SECRET and GANTRY_SLACK_SIGNING_SECRET override it.
@@ -117,26 +135,6 @@ fn read_secrets(path: &Path) -> anyhow::Result<BTreeMap<String, String>> {
     Ok(secrets)
 }
 
-/// `GANTRY_CRASH_AT=checkpoint:N` or `effect:N`: a test hook that SIGKILLs
-/// the process at the N-th checkpoint or right after the N-th side effect.
-fn crash_at() -> anyhow::Result<Option<(CrashPoint, u64)>> {
-    let Ok(spec) = std::env::var("GANTRY_CRASH_AT") else {
-        return Ok(None);
-    };
-    let parsed = spec.split_once(':').and_then(|(point, n)| {
-        let point = match point {
-            "checkpoint" => CrashPoint::Checkpoint,
-            "effect" => CrashPoint::EffectDone,
-            _ => return None,
-        };
-        Some((point, n.parse().ok()?))
-    });
-    match parsed {
-        Some(p) => Ok(Some(p)),
-        None => bail!("GANTRY_CRASH_AT=`{spec}`: expected checkpoint:N or effect:N"),
-    }
-}
-
 /// The engine over the store in `--data-dir`, with the pipelines loaded
 /// and checked, and the receiver's settings. `advances_runs`: this process
 /// runs workers, so it needs the plugins and the GitHub reporter.
@@ -166,8 +164,8 @@ async fn open(
         SqliteBackend::open(
             &args.data_dir,
             Options {
-                max_receives: args.max_receives,
-                fsync_every_commit: args.fsync,
+                fsync: !args.no_fsync,
+                ..Options::default()
             },
         )
         .with_context(|| format!("--data-dir {}", args.data_dir.display()))?,
@@ -183,8 +181,10 @@ async fn open(
     let defaults = EngineConfig::default();
     let config = EngineConfig {
         public_url: Some(format!("http://{local}")),
-        crash_at: crash_at()?,
         secrets,
+        max_attempts: args.max_attempts.max(1),
+        max_receives: args.max_receives.max(1),
+        visibility: Duration::from_secs(args.visibility_timeout),
         review_recheck: receiver
             .github
             .protection_rule_recheck_secs
@@ -195,20 +195,99 @@ async fn open(
             .map_or(defaults.review_timeout, Duration::from_secs),
         ..defaults
     };
-    if !advances_runs {
-        // It only accepts events and decisions: no plugin to compile, and
-        // nothing to report.
-        let metrics = Arc::new(Metrics::default());
-        let none = HostedPlugins::load(&[], None, metrics.clone()).map_err(anyhow::Error::msg)?;
-        let engine = Engine::new(backend, pipelines, Arc::new(none), metrics, config);
-        return Ok(Ok((Arc::new(engine), receiver, listener)));
-    }
-    let mut engine =
-        Engine::hosted(backend, pipelines, cache_dir, config).map_err(anyhow::Error::msg)?;
-    if let Some(reporter) = github_reporter(&receiver.github)? {
+    let plugins: Arc<dyn PluginRunner> = if advances_runs {
+        Arc::new(hosted_plugins(&pipelines, cache_dir)?)
+    } else {
+        // It only accepts events and decisions: no plugin to compile.
+        Arc::new(NoPlugins)
+    };
+    let mut engine = Engine::new(backend, pipelines, plugins, config);
+    if advances_runs && let Some(reporter) = github_reporter(&receiver.github)? {
         engine = engine.with_reporter(Arc::new(reporter));
     }
+    engine
+        .publish()
+        .await
+        .context("cannot store the pipeline definitions")?;
     Ok(Ok((Arc::new(engine), receiver, listener)))
+}
+
+/// Every pipeline's plugins, compiled (or read from `cache_dir`) up front,
+/// each checked against the world its steps need. Errors name the plugin.
+fn hosted_plugins(
+    pipelines: &[Pipeline],
+    cache_dir: Option<PathBuf>,
+) -> anyhow::Result<HostedPlugins> {
+    let host = PluginHost::new(HostConfig {
+        cache_dir,
+        ..HostConfig::default()
+    })?;
+    let plugins = HostedPlugins::new(host);
+    for pipeline in pipelines {
+        let worlds = pipeline.plugin_worlds();
+        for (name, decl) in &pipeline.plugins {
+            let Some(world) = worlds.get(name) else {
+                continue;
+            };
+            let plugin = PluginRef {
+                name,
+                component: &decl.component,
+                digest: &decl.digest,
+                manifest: &decl.manifest,
+            };
+            plugins.load(plugin, *world).map_err(|e| {
+                anyhow::anyhow!("pipeline `{}`: plugin `{name}`: {e}", pipeline.name)
+            })?;
+        }
+    }
+    Ok(plugins)
+}
+
+/// The plugin runner of a process that advances no run (`gantry
+/// receiver`): a call would be a bug.
+struct NoPlugins;
+
+impl NoPlugins {
+    fn refuse(plugin: PluginRef<'_>) -> PluginFailure {
+        PluginFailure {
+            plugin: plugin.name.to_string(),
+            message: "this process runs no plugins (gantry receiver)".into(),
+            retryable: true,
+        }
+    }
+}
+
+#[async_trait]
+impl PluginRunner for NoPlugins {
+    async fn evaluate(
+        &self,
+        plugin: PluginRef<'_>,
+        _: &StepContext,
+        _: Option<&[u8]>,
+        _: &dyn SecretSource,
+    ) -> Result<Verdict, PluginFailure> {
+        Err(Self::refuse(plugin))
+    }
+
+    async fn notify(
+        &self,
+        plugin: PluginRef<'_>,
+        _: &StepContext,
+        _: &Event,
+        _: &dyn SecretSource,
+    ) -> Result<(), PluginFailure> {
+        Err(Self::refuse(plugin))
+    }
+
+    async fn migrate(
+        &self,
+        plugin: PluginRef<'_>,
+        _: &StepContext,
+        _: Direction,
+        _: &dyn SecretSource,
+    ) -> Result<MigrationOutcome, PluginFailure> {
+        Err(Self::refuse(plugin))
+    }
 }
 
 /// The GitHub deployment reporter, when a token or an App is configured.

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use gantry_pipeline::Deploy;
 use serde::Serialize;
 
@@ -30,19 +31,33 @@ pub struct DeployRequest<'a> {
     pub rollback: bool,
 }
 
-/// Runs the deploy; `Ok` with a summary, or `Err` with why it failed.
-pub async fn run(
-    client: &reqwest::Client,
-    deploy: &Deploy,
-    request: &DeployRequest<'_>,
-) -> Result<String, String> {
-    let limit = deploy.timeout.0;
-    if let Some(url) = &deploy.http {
-        return post(client, url, limit, request).await;
-    }
-    match &deploy.command {
-        Some(argv) => command(argv, limit, request).await,
-        None => Err("the deploy has neither a command nor a URL".into()),
+/// Carries out deploy steps. The engine calls it with the step's target and
+/// the request; tests stand in for the apps being deployed.
+#[async_trait]
+pub trait Deployer: Send + Sync {
+    /// Deploys `request` through `target` within its timeout: `Ok` with a
+    /// summary, or `Err` with why it failed. The same idempotency key may
+    /// come again after a crash; the target is expected to apply it once.
+    async fn deploy(&self, target: &Deploy, request: &DeployRequest<'_>) -> Result<String, String>;
+}
+
+/// The real deployer: an argv command or an HTTP POST.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessDeployer {
+    http: reqwest::Client,
+}
+
+#[async_trait]
+impl Deployer for ProcessDeployer {
+    async fn deploy(&self, target: &Deploy, request: &DeployRequest<'_>) -> Result<String, String> {
+        let limit = target.timeout.0;
+        if let Some(url) = &target.http {
+            return post(&self.http, url, limit, request).await;
+        }
+        match &target.command {
+            Some(argv) => command(argv, limit, request).await,
+            None => Err("the deploy has neither a command nor a URL".into()),
+        }
     }
 }
 

@@ -55,11 +55,14 @@ pub struct Metrics {
     busy: AtomicI64,
 }
 
-/// Counts run by status, queue depth: read from the backend at scrape time.
+/// Runs by status, dead letters and queue depth: read from the backend at
+/// scrape time (counters, not a scan).
 pub struct Snapshot {
     /// Runs by status name.
     pub runs: Vec<(&'static str, u64)>,
-    /// The queue.
+    /// Dead letters waiting for a person.
+    pub dead_letters: u64,
+    /// The queue (approximate on some backends).
     pub depth: gantry_store::Depth,
 }
 
@@ -113,10 +116,11 @@ impl Metrics {
             ("visible", d.visible),
             ("delayed", d.delayed),
             ("in_flight", d.in_flight),
-            ("dead", d.dead),
         ] {
             let _ = writeln!(out, "gantry_queue_messages{{place=\"{place}\"}} {n}");
         }
+        out.push_str("# HELP gantry_dead_letters Messages dead-lettered and not retried yet.\n# TYPE gantry_dead_letters gauge\n");
+        let _ = writeln!(out, "gantry_dead_letters {}", snapshot.dead_letters);
         out.push_str("# HELP gantry_workers_busy Workers handling a message.\n# TYPE gantry_workers_busy gauge\n");
         let _ = writeln!(out, "gantry_workers_busy {}", self.busy_workers());
         out.push_str("# HELP gantry_step_transitions_total Step transitions checkpointed.\n# TYPE gantry_step_transitions_total counter\n");

@@ -1,39 +1,118 @@
-//! What the engine stores: runs, environments, the evidence ledger, and the
-//! messages it sends itself. All are JSON in the [`gantry_store::Store`].
+//! What the engine stores, where, and the messages it sends itself. All are
+//! JSON in the [`gantry_store::Store`]; every free-text field is capped
+//! before it gets here (see [`crate::bounded`]).
+//!
+//! | item | partition | sort |
+//! |---|---|---|
+//! | a run | `run/{id}` | `run` |
+//! | the run index (newest first) | `runs` | `{created_ms:015}/{id}` |
+//! | an environment's lock and history | `env/{pipeline}/{env}` | `state` |
+//! | a run queued for an environment | `waiter/{pipeline}/{env}` | `{ticket:020}` |
+//! | an artifact's evidence summary | `evidence/{pipeline}` | `{sha}/{env}` |
+//! | one evidence entry | `evidence/{pipeline}/{sha}/{env}` | `{at_ms:015}/{run}/{serial:06}` |
+//! | a pinned pipeline definition | `pipeline/{name}` | `{version}` |
+//! | a deployment protection rule review | `review/{delivery}` | `review` |
+//! | a dead letter | `deadletter` | `{at_ms:015}-{message id}` |
+//! | counters (runs by status, dead letters) | `counter` | `{name}/{shard}` |
+//! | the sweeper's lease | `lease` | `sweeper` |
 
+use gantry_pipeline::NotifyEvent;
+use gantry_store::Key;
 use serde::{Deserialize, Serialize};
 
-pub use gantry_plugin_host::Artifact;
+pub use gantry_plugin_api::{Artifact, EventKind};
 
-/// The store key of a run.
-pub fn run_key(id: &str) -> String {
-    format!("run/{id}")
+/// A run item's key.
+pub fn run_key(id: &str) -> Key {
+    Key::new(format!("run/{id}"), "run")
 }
 
-/// The store key of an environment's state.
-pub fn env_key(pipeline: &str, environment: &str) -> String {
-    format!("env/{pipeline}/{environment}")
+/// The partition of the run index.
+pub const RUNS_PARTITION: &str = "runs";
+
+/// A run's entry in the run index: newest last in sort order.
+pub fn run_index_key(created_ms: u64, id: &str) -> Key {
+    Key::new(RUNS_PARTITION, format!("{created_ms:015}/{id}"))
 }
 
-/// The store key of the evidence for one artifact in one environment.
-pub fn evidence_key(pipeline: &str, sha: &str, environment: &str) -> String {
+/// The key of an environment's state.
+pub fn env_key(pipeline: &str, environment: &str) -> Key {
+    Key::new(format!("env/{pipeline}/{environment}"), "state")
+}
+
+/// The partition of the runs queued for an environment, in queue order.
+pub fn waiter_partition(pipeline: &str, environment: &str) -> String {
+    format!("waiter/{pipeline}/{environment}")
+}
+
+/// The key of the run holding `ticket` in an environment's queue; tickets
+/// are zero-padded so key order is queue order.
+pub fn waiter_key(pipeline: &str, environment: &str, ticket: u64) -> Key {
+    Key::new(
+        waiter_partition(pipeline, environment),
+        format!("{ticket:020}"),
+    )
+}
+
+/// The partition of a pipeline's evidence summaries, sorted by SHA.
+pub fn summary_partition(pipeline: &str) -> String {
+    format!("evidence/{pipeline}")
+}
+
+/// The key of an artifact's evidence summary in one environment.
+pub fn summary_key(pipeline: &str, sha: &str, environment: &str) -> Key {
+    Key::new(summary_partition(pipeline), format!("{sha}/{environment}"))
+}
+
+/// The partition of an artifact's evidence entries in one environment.
+pub fn entries_partition(pipeline: &str, sha: &str, environment: &str) -> String {
     format!("evidence/{pipeline}/{sha}/{environment}")
 }
 
-/// The prefix of the waiter items of one environment, in queue order.
-pub fn waiter_prefix(pipeline: &str, environment: &str) -> String {
-    format!("waiter/{pipeline}/{environment}/")
+/// The key of a pinned pipeline definition.
+pub fn pipeline_key(name: &str, version: &str) -> Key {
+    Key::new(format!("pipeline/{name}"), version)
 }
 
-/// The store key of the run holding `ticket` in an environment's queue.
-/// Tickets are zero-padded so key order is queue order.
-pub fn waiter_key(pipeline: &str, environment: &str, ticket: u64) -> String {
-    format!("{}{ticket:020}", waiter_prefix(pipeline, environment))
+/// The key of a deployment protection rule review.
+pub fn review_key(delivery: &str) -> Key {
+    Key::new(format!("review/{delivery}"), "review")
 }
 
-/// The store key of an accepted delivery (dedupe record).
-pub fn delivery_key(id: &str) -> String {
-    format!("delivery/{id}")
+/// The partition of the dead letters, oldest first.
+pub const DEAD_LETTERS: &str = "deadletter";
+
+/// The key of a dead letter.
+pub fn dead_letter_key(at_ms: u64, message: &str) -> Key {
+    Key::new(DEAD_LETTERS, format!("{at_ms:015}-{message}"))
+}
+
+/// The partition of the counters.
+pub const COUNTERS: &str = "counter";
+
+/// Counters are spread over this many items each, so no one item is hot.
+pub const COUNTER_SHARDS: u64 = 8;
+
+/// The shard of counter `name` that `id` counts in.
+pub fn counter_key(name: &str, id: &str) -> Key {
+    let shard = id
+        .bytes()
+        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
+        % COUNTER_SHARDS;
+    Key::new(COUNTERS, format!("{name}/{shard}"))
+}
+
+/// The counter of runs in `status`.
+pub fn status_counter(status: RunStatus) -> String {
+    format!("runs.{}", status.name())
+}
+
+/// The counter of dead letters.
+pub const DEAD_LETTER_COUNTER: &str = "dead_letters";
+
+/// The key of the sweeper's lease.
+pub fn sweeper_lease_key() -> Key {
+    Key::new("lease", "sweeper")
 }
 
 /// A source event that starts runs.
@@ -69,6 +148,13 @@ pub enum SourceEvent {
     },
 }
 
+/// The longest repository name (`owner/name`) an event may carry.
+pub const MAX_REPOSITORY: usize = 200;
+/// The longest branch name (git's own limit is about this).
+pub const MAX_BRANCH: usize = 255;
+/// The longest user name (GitHub's logins are at most 39).
+pub const MAX_USER: usize = 100;
+
 impl SourceEvent {
     /// The repository.
     pub fn repository(&self) -> &str {
@@ -96,57 +182,90 @@ impl SourceEvent {
         }
     }
 
-    /// Checks the fields a run needs.
+    /// Checks the fields a run needs; errors name the field. Identifiers
+    /// are refused when too long rather than cut: a cut branch name would
+    /// name another branch.
     pub fn check(&self) -> Result<(), String> {
         let (branch, field) = match self {
             SourceEvent::Push { branch, .. } => (branch, "branch"),
             SourceEvent::Merge { base, .. } => (base, "base"),
         };
-        if !self.repository().contains('/') {
+        let repository = self.repository();
+        if !repository.contains('/') || repository.len() > MAX_REPOSITORY {
             return Err(format!(
-                "repository `{}` is not owner/name",
-                self.repository()
+                "`repository` must be owner/name, at most {MAX_REPOSITORY} bytes"
             ));
         }
-        if branch.is_empty() {
-            return Err(format!("`{field}` is empty"));
+        if branch.is_empty() || branch.len() > MAX_BRANCH {
+            return Err(format!("`{field}` must be 1 to {MAX_BRANCH} bytes"));
+        }
+        let people = match self {
+            SourceEvent::Push { author, .. } => [("author", author), ("merged_by", &None)],
+            SourceEvent::Merge {
+                author, merged_by, ..
+            } => [("author", author), ("merged_by", merged_by)],
+        };
+        for (name, value) in people {
+            if value.as_ref().is_some_and(|v| v.len() > MAX_USER) {
+                return Err(format!("`{name}` is longer than {MAX_USER} bytes"));
+            }
         }
         let sha = self.sha();
         if sha.len() < 7 || sha.len() > 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(format!(
-                "sha `{sha}` is not a hex commit id (7 to 64 digits)"
-            ));
+            return Err("`sha` is not a hex commit id (7 to 64 digits)".into());
         }
         Ok(())
     }
 }
 
-/// A queue message the engine handles.
+/// A queue message the engine sends itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Message {
-    /// An accepted delivery: create its run.
-    Event {
-        /// The delivery id it was deduped on.
-        delivery: String,
-        /// The event as submitted; checked by the worker.
-        event: serde_json::Value,
-    },
     /// Advance run `run` if its wake token is still `wake`.
     Advance {
         /// The run.
         run: String,
-        /// The run's wake token when this was sent; stale otherwise.
+        /// The run's wake token when this was sent.
         wake: u64,
     },
-    /// Answer a deployment protection rule once Gantry has a verdict on the
-    /// SHA in the environment; until then the message comes back later.
+    /// Look at review `delivery` if its wake token is still `wake`.
     Review {
-        /// The delivery id it was deduped on.
+        /// The delivery the review came in.
         delivery: String,
-        /// What GitHub asked.
-        review: ProtectionReview,
+        /// The review's wake token when this was sent.
+        wake: u64,
     },
+}
+
+/// A message with its delivery history, carried in the body because a
+/// queue's own receive count also counts redeliveries after a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// What to do.
+    #[serde(flatten)]
+    pub message: Message,
+    /// Failed attempts so far (0 on the first).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempt: u32,
+    /// Races lost in a row so far.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub races: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl Envelope {
+    /// A first attempt at `message`.
+    pub fn new(message: Message) -> Self {
+        Envelope {
+            message,
+            attempt: 0,
+            races: 0,
+        }
+    }
 }
 
 /// GitHub asks whether a deployment it holds (a GitHub Actions job, say) may
@@ -169,8 +288,22 @@ pub struct ProtectionReview {
     pub deadline_ms: u64,
 }
 
+/// A review as stored: the request, and where it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviewItem {
+    /// What GitHub asked.
+    pub review: ProtectionReview,
+    /// The token the live `Review` message carries.
+    pub wake: u64,
+    /// When to look again, Unix ms.
+    pub due_ms: Option<u64>,
+    /// Set once answered: approved or not.
+    #[serde(default)]
+    pub answered: Option<bool>,
+}
+
 /// Where a run is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     /// A worker will advance it.
@@ -185,12 +318,18 @@ pub enum RunStatus {
     RolledBack,
     /// A newer artifact replaced it while it waited.
     Superseded,
+    /// Its message was dead-lettered: a person must look (see
+    /// [`Run::attention`]) and retry it (`gantry dlq retry`).
+    NeedsAttention,
 }
 
 impl RunStatus {
     /// Whether the run is over.
     pub fn is_terminal(self) -> bool {
-        !matches!(self, RunStatus::Running | RunStatus::Waiting)
+        !matches!(
+            self,
+            RunStatus::Running | RunStatus::Waiting | RunStatus::NeedsAttention
+        )
     }
 
     /// The name used by the API and the CLI.
@@ -202,27 +341,32 @@ impl RunStatus {
             RunStatus::Failed => "failed",
             RunStatus::RolledBack => "rolled_back",
             RunStatus::Superseded => "superseded",
+            RunStatus::NeedsAttention => "needs_attention",
         }
     }
 
     /// Every status, for metrics.
-    pub const ALL: [RunStatus; 6] = [
+    pub const ALL: [RunStatus; 7] = [
         RunStatus::Running,
         RunStatus::Waiting,
         RunStatus::Succeeded,
         RunStatus::Failed,
         RunStatus::RolledBack,
         RunStatus::Superseded,
+        RunStatus::NeedsAttention,
     ];
 }
 
-/// One run: one artifact through the environments its event triggered.
+/// One run: one artifact through the environments its event triggered,
+/// under the pipeline definition it started with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Run {
     /// Its id, derived from the delivery.
     pub id: String,
     /// The pipeline.
     pub pipeline: String,
+    /// The pipeline definition it pinned (its content hash).
+    pub pipeline_version: String,
     /// The artifact.
     pub artifact: Artifact,
     /// The event that started it.
@@ -231,22 +375,35 @@ pub struct Run {
     pub delivery: String,
     /// Where it is.
     pub status: RunStatus,
-    /// Why it waits or why it ended, for people.
+    /// Why it waits or why it ended, for people (short).
     pub reason: Option<String>,
     /// The environments, in order.
     pub stages: Vec<Stage>,
     /// Index of the current stage.
     pub current: usize,
-    /// The token the live `Advance` message carries.
+    /// The token its live `Advance` message carries; older ones are stale.
     pub wake: u64,
+    /// When it should next be looked at, Unix ms: `None` while it waits
+    /// for an environment or a person, or is over.
+    #[serde(default)]
+    pub due_ms: Option<u64>,
     /// Notifications still to send, oldest first.
+    #[serde(default)]
     pub outbox: Vec<Notification>,
     /// Deployment reports still to send, oldest first (after the
     /// notifications).
     #[serde(default)]
     pub reports: Vec<PendingReport>,
-    /// A side effect started and not yet recorded.
+    /// A side effect started and not yet recorded (only where several
+    /// processes share the backend).
+    #[serde(default)]
     pub effect: Option<EffectIntent>,
+    /// Why a person must look at it, when its message was dead-lettered.
+    #[serde(default)]
+    pub attention: Option<Attention>,
+    /// Numbers the keys of its notifications, reports and evidence entries.
+    #[serde(default)]
+    pub serial: u64,
     /// Created, Unix ms.
     pub created_ms: u64,
     /// Last written, Unix ms.
@@ -256,7 +413,7 @@ pub struct Run {
 }
 
 impl Run {
-    /// Whether nothing is left to do: terminal and every notification sent.
+    /// Whether nothing is left to do: terminal and every delivery made.
     pub fn is_done(&self) -> bool {
         self.status.is_terminal() && !self.has_deliveries()
     }
@@ -278,12 +435,31 @@ impl Run {
             .map(|s| s.environment.clone())
             .unwrap_or_default()
     }
+
+    /// The next serial number.
+    pub fn next_serial(&mut self) -> u64 {
+        self.serial += 1;
+        self.serial
+    }
+}
+
+/// Why a run needs a person.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attention {
+    /// The last error.
+    pub error: String,
+    /// The dead letter that stopped it (its id for `gantry dlq retry`).
+    pub dead_letter: String,
+    /// When, Unix ms.
+    pub at_ms: u64,
+    /// The status it goes back to when retried.
+    pub resume: RunStatus,
 }
 
 /// A side effect in flight: written before it starts, cleared when its
-/// result is recorded. A worker that finds one resumes it with the same key;
-/// the target dedupes on it. `lease_owner` and `lease_until_ms` keep other
-/// workers off the run meanwhile.
+/// result is recorded, where several processes share the backend. Another
+/// worker leaves the run alone while `lease_until_ms` is ahead; the holder
+/// renews it while the effect runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EffectIntent {
     /// The idempotency key.
@@ -310,6 +486,19 @@ pub enum DeploymentState {
     Inactive,
 }
 
+impl DeploymentState {
+    /// The state's name, as GitHub spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            DeploymentState::Queued => "queued",
+            DeploymentState::InProgress => "in_progress",
+            DeploymentState::Success => "success",
+            DeploymentState::Failure => "failure",
+            DeploymentState::Inactive => "inactive",
+        }
+    }
+}
+
 /// A deployment report to deliver, in order, like a notification.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingReport {
@@ -317,7 +506,7 @@ pub struct PendingReport {
     pub stage: usize,
     /// The state to report.
     pub state: DeploymentState,
-    /// One line for people.
+    /// One line for people (at most GitHub's 140 characters).
     pub description: String,
     /// For `inactive`: the replaced deployment; otherwise the stage's own.
     pub deployment: Option<u64>,
@@ -325,19 +514,26 @@ pub struct PendingReport {
     pub key: String,
 }
 
-/// A notification to deliver.
+/// A notification to deliver. Its evidence is read when it is delivered,
+/// not copied here.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Notification {
     /// The stage it concerns.
     pub stage: usize,
     /// The notify step.
     pub step: String,
-    /// `started`, `awaiting_approval`, ...
-    pub event: String,
+    /// The lifecycle event.
+    pub event: NotifyEvent,
     /// The idempotency key.
     pub key: String,
-    /// The event, as the plugin gets it.
-    pub payload: gantry_plugin_host::Event,
+    /// The event as the plugin gets it.
+    pub kind: EventKind,
+    /// One line for people.
+    pub summary: String,
+    /// Sent while the run needs attention: tried once, never retried (the
+    /// notifier itself may be what is failing).
+    #[serde(default)]
+    pub attention: bool,
 }
 
 /// Where a stage is.
@@ -378,7 +574,8 @@ pub struct Stage {
     /// Whether this run holds the environment's lock, taken at the stage's
     /// first step that changes the environment.
     pub locked: bool,
-    /// Whether a deploy has changed the environment.
+    /// Whether a deploy was attempted in the environment (so a failure
+    /// rolls back).
     pub deployed: bool,
     /// Its deployment at the source host (GitHub), once reported there.
     #[serde(default)]
@@ -389,15 +586,58 @@ pub struct Stage {
     #[serde(default)]
     pub ticket: Option<u64>,
     /// Migration steps applied, in order (undone on rollback).
+    #[serde(default)]
     pub migrations: Vec<String>,
-    /// Rollback actions done, by name.
-    pub rollback_done: Vec<String>,
-    /// Why it failed.
+    /// The rollback under way, once a step failed after a deploy.
+    #[serde(default)]
+    pub rollback: Option<Rollback>,
+    /// Why it failed: the one full copy of the reason in the run.
     pub failure: Option<String>,
     /// Started, Unix ms.
     pub started_ms: Option<u64>,
     /// Ended, Unix ms.
     pub finished_ms: Option<u64>,
+}
+
+impl Stage {
+    /// A stage not started yet with `steps`.
+    pub fn pending(environment: &str, steps: Vec<StepRun>) -> Self {
+        Stage {
+            environment: environment.to_string(),
+            status: StageStatus::Pending,
+            steps,
+            cursor: 0,
+            locked: false,
+            deployed: false,
+            deployment_id: None,
+            ticket: None,
+            migrations: vec![],
+            rollback: None,
+            failure: None,
+            started_ms: None,
+            finished_ms: None,
+        }
+    }
+}
+
+/// A rollback: what it restores and what it has done.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollback {
+    /// The artifact it restores (the environment's current one when the
+    /// step failed); `None`: nothing to restore.
+    pub to: Option<Artifact>,
+    /// Actions done, in order.
+    pub done: Vec<RollbackAction>,
+}
+
+/// One action of a rollback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", content = "step", rename_all = "snake_case")]
+pub enum RollbackAction {
+    /// Ran migration step's `down`.
+    MigrateDown(String),
+    /// Redeployed the previous artifact through a deploy or canary step.
+    Redeploy(String),
 }
 
 /// Where a step is.
@@ -418,7 +658,8 @@ pub enum StepStatus {
     Skipped,
 }
 
-/// One step of a stage.
+/// One step of a stage; the state its kind keeps is in the field named
+/// after the kind.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepRun {
     /// The step's name.
@@ -428,27 +669,96 @@ pub struct StepRun {
     /// Where it is.
     pub status: StepStatus,
     /// Evaluations or attempts so far.
+    #[serde(default)]
     pub attempt: u32,
-    /// Gate `fail` answers so far (for `retries`).
-    pub failures: u32,
-    /// Last outcome, for people.
+    /// Last outcome, for people (short).
+    #[serde(default)]
     pub detail: Option<String>,
-    /// Gate state handed back by retry-after (base64).
-    pub gate_state: Option<String>,
-    /// Canary: index of the current weight.
-    pub weight_index: usize,
-    /// Canary: what the current weight does next.
-    pub phase: CanaryPhase,
+    /// Started, Unix ms.
+    #[serde(default)]
+    pub started_ms: Option<u64>,
+    /// Ended, Unix ms.
+    #[serde(default)]
+    pub finished_ms: Option<u64>,
+    /// A gate's progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<GateProgress>,
+    /// An approval's progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalProgress>,
+    /// A canary's progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryProgress>,
+}
+
+impl StepRun {
+    /// A step not started yet.
+    pub fn pending(step: &gantry_pipeline::Step) -> Self {
+        StepRun {
+            name: step.name.clone(),
+            kind: step.kind.name().to_string(),
+            status: StepStatus::Pending,
+            attempt: 0,
+            detail: None,
+            started_ms: None,
+            finished_ms: None,
+            gate: None,
+            approval: None,
+            canary: None,
+        }
+    }
+}
+
+/// A gate's progress across evaluations.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateProgress {
+    /// `fail` answers so far (for `retries`).
+    #[serde(default)]
+    pub failures: u32,
+    /// State handed back by the last retry-after (base64).
+    #[serde(default)]
+    pub state: Option<String>,
+    /// When the gate must have passed, Unix ms.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+    /// The evidence entry the current run of retry-after answers collapses
+    /// into.
+    #[serde(default)]
+    pub poll: Option<Poll>,
+}
+
+/// Consecutive retry-after answers, kept as one evidence entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Poll {
+    /// The entry's sort key.
+    pub entry: String,
+    /// Answers so far.
+    pub count: u32,
+    /// When the first came, Unix ms.
+    pub first_ms: u64,
+}
+
+/// An approval's progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalProgress {
     /// Approvals and rejections so far.
     pub decisions: Vec<Decision>,
     /// The approval token a Slack button carries back.
-    pub token: Option<String>,
-    /// When the current wait ends (approval timeout, timer), Unix ms.
-    pub deadline_ms: Option<u64>,
-    /// Started, Unix ms.
-    pub started_ms: Option<u64>,
-    /// Ended, Unix ms.
-    pub finished_ms: Option<u64>,
+    pub token: String,
+    /// When it times out, Unix ms.
+    pub deadline_ms: u64,
+}
+
+/// A canary's progress.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CanaryProgress {
+    /// Index of the current weight.
+    pub weight_index: usize,
+    /// What the current weight does next.
+    pub phase: CanaryPhase,
+    /// The gate at the current weight.
+    #[serde(default)]
+    pub gate: GateProgress,
 }
 
 /// Where a canary is within one weight.
@@ -484,8 +794,8 @@ pub struct EnvState {
     pub holder: Option<String>,
     /// The ticket the next run to queue takes. The queue itself is one
     /// [`Waiter`] item per run (see [`waiter_key`]), so this item stays small
-    /// however many runs wait; every change to the queue also writes this
-    /// item, which orders it against the lock's release.
+    /// however many runs wait; every change to the queue also checks or
+    /// writes this item, which orders it against the lock's release.
     #[serde(default)]
     pub next_ticket: u64,
     /// Set by a rollback; cleared by `gantry release`.
@@ -510,7 +820,7 @@ pub struct Waiter {
 pub struct Hold {
     /// The run that rolled back.
     pub run: String,
-    /// Why.
+    /// Why (short).
     pub reason: String,
     /// When, Unix ms.
     pub at_ms: u64,
@@ -530,8 +840,63 @@ pub struct Deployed {
     pub deployment_id: Option<u64>,
 }
 
-/// The evidence for one artifact in one environment.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// What the ledger says of an artifact in one environment, kept small: the
+/// entries are items of their own.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvidenceSummary {
+    /// The environment.
+    pub environment: String,
+    /// The commit.
+    pub sha: String,
+    /// Set when a run passed every step of the environment.
+    pub complete: bool,
+    /// The run that entered the environment last.
+    #[serde(default)]
+    pub latest_run: Option<String>,
+    /// The latest decisive entry: a pass, a failure, a rollback or a
+    /// refusal.
+    #[serde(default)]
+    pub verdict: Option<VerdictEntry>,
+}
+
+/// A decisive entry, as the summary keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerdictEntry {
+    /// The run.
+    pub run: String,
+    /// `complete`, `failure`, `rollback` or `refused`.
+    pub kind: String,
+    /// One line for people.
+    pub summary: String,
+}
+
+/// One entry of the ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvidenceEntry {
+    /// When, Unix ms (the latest answer, for collapsed polls).
+    pub at_ms: u64,
+    /// The run.
+    pub run: String,
+    /// The step.
+    pub step: String,
+    /// `deploy`, `gate`, `approval`, `rejection`, `migration`, `failure`,
+    /// `rollback`, `hold`, `refused`, `complete`.
+    pub kind: String,
+    /// One line for people.
+    pub summary: String,
+    /// Observed values.
+    #[serde(default)]
+    pub observations: Vec<(String, String)>,
+    /// Who, for approvals.
+    #[serde(default)]
+    pub by: Option<String>,
+    /// For a gate's retry-after answers collapsed into this entry: how many.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub polls: Option<u32>,
+}
+
+/// The evidence for one artifact in one environment, as the API shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Evidence {
     /// The environment.
     pub environment: String,
@@ -543,24 +908,22 @@ pub struct Evidence {
     pub entries: Vec<EvidenceEntry>,
 }
 
-/// One entry of the ledger.
+/// A message the engine gave up on, kept for people.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EvidenceEntry {
+pub struct DeadLetter {
+    /// Its id: the key's sort part.
+    pub id: String,
+    /// The message body as sent (capped).
+    pub message: String,
+    /// Why it was given up.
+    pub error: String,
+    /// Times the queue delivered it.
+    pub receive_count: u32,
+    /// Failed attempts counted by the engine.
+    pub attempts: u32,
     /// When, Unix ms.
     pub at_ms: u64,
-    /// The run.
-    pub run: String,
-    /// The step.
-    pub step: String,
-    /// `deploy`, `gate`, `approval`, `rejection`, `migration`, `failure`,
-    /// `rollback`, `complete`.
-    pub kind: String,
-    /// One line for people.
-    pub summary: String,
-    /// Observed values.
+    /// The run it concerns, if any.
     #[serde(default)]
-    pub observations: Vec<(String, String)>,
-    /// Who, for approvals.
-    #[serde(default)]
-    pub by: Option<String>,
+    pub run: Option<String>,
 }

@@ -1,6 +1,7 @@
-//! The worker pool: receives messages and lets the [`Engine`] handle each.
-//! A worker holds a message only while it advances one step; parked runs
-//! (approvals, timers) are rows in the store and delayed messages, not tasks.
+//! The worker pool: receives messages and lets the [`Engine`] handle each,
+//! and runs the sweeper beside them. A worker holds a message only while
+//! its run moves; parked runs (approvals, timers) are items in the store
+//! and delayed messages, not tasks.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,13 +10,15 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::Engine;
 
-/// How long a received message stays invisible to other workers.
-pub const VISIBILITY: Duration = Duration::from_secs(30);
+/// Most messages taken in one receive (SQS returns at most 10).
+const RECEIVE_MAX: usize = 10;
 
-/// Runs up to `concurrency` handlers at once until `stop` turns true; then
-/// lets the handlers in flight finish.
+/// Runs up to `concurrency` handlers at once, and the sweeper, until `stop`
+/// turns true; then lets the handlers in flight finish.
 pub async fn run(engine: Arc<Engine>, concurrency: usize, mut stop: watch::Receiver<bool>) {
+    let sweeper = tokio::spawn(engine.clone().run_sweeper(stop.clone()));
     let slots = Arc::new(Semaphore::new(concurrency.max(1)));
+    let visibility = engine.config().visibility;
     loop {
         if *stop.borrow() {
             break;
@@ -27,9 +30,9 @@ pub async fn run(engine: Arc<Engine>, concurrency: usize, mut stop: watch::Recei
             },
             _ = stop.changed() => break,
         };
-        let room = slots.available_permits() + 1;
+        let room = (slots.available_permits() + 1).min(RECEIVE_MAX);
         let received = tokio::select! {
-            r = engine.backend().receive(room, VISIBILITY, Duration::from_secs(1)) => r,
+            r = engine.backend().receive(room, visibility, Duration::from_secs(1)) => r,
             _ = stop.changed() => break,
         };
         let messages = match received {
@@ -57,4 +60,5 @@ pub async fn run(engine: Arc<Engine>, concurrency: usize, mut stop: watch::Recei
         }
     }
     let _ = slots.acquire_many(concurrency.max(1) as u32).await;
+    let _ = sweeper.await;
 }

@@ -6,5 +6,5 @@ mod load;
 mod locate;
 mod model;
 
-pub use load::{Error, Problem, load, parse};
+pub use load::{Error, Problem, limits, load, parse};
 pub use model::*;

@@ -8,6 +8,8 @@ use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use sha2::Digest;
+use std::time::Duration;
 
 use crate::locate::Locations;
 use crate::model::*;
@@ -116,8 +118,44 @@ struct File {
     #[serde(default)]
     artifact: ArtifactTemplate,
     #[serde(default)]
-    plugins: BTreeMap<String, PluginDecl>,
+    plugins: BTreeMap<String, FilePlugin>,
     environments: Ordered<FileEnvironment>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePlugin {
+    /// The `.wasm` component, relative to the pipeline file.
+    component: PathBuf,
+    #[serde(default)]
+    manifest: gantry_plugin_api::Manifest,
+}
+
+/// Limits on a pipeline's shape, so a run of it (which records every step)
+/// stays far inside a store item (400 KB on DynamoDB), and names stay fit
+/// for keys and URLs.
+pub mod limits {
+    use std::time::Duration;
+
+    /// Most environments in a pipeline.
+    pub const ENVIRONMENTS: usize = 16;
+    /// Most steps in one environment.
+    pub const STEPS: usize = 32;
+    /// Most approvers one approval lists.
+    pub const APPROVERS: usize = 50;
+    /// Most approvals one approval step may require.
+    pub const REQUIRED: u32 = 20;
+    /// Most canary weights.
+    pub const WEIGHTS: usize = 20;
+    /// Longest name (pipeline, environment, step, plugin), in bytes.
+    pub const NAME: usize = 64;
+    /// Longest approver name, in bytes.
+    pub const APPROVER: usize = 100;
+    /// Longest a deploy may run: a worker holds its message that long, and
+    /// SQS keeps a message hidden for at most 12 hours.
+    pub const STEP_TIMEOUT: Duration = Duration::from_secs(12 * 3600);
+    /// The largest pipeline definition, as stored for the runs that pin it.
+    pub const DEFINITION_BYTES: usize = 300_000;
 }
 
 #[derive(Deserialize)]
@@ -227,25 +265,50 @@ impl Check {
                 }
             }
         }
+        self.name("pipeline", &file.pipeline);
         let mut plugins = BTreeMap::new();
-        for (name, mut decl) in file.plugins {
+        for (name, decl) in file.plugins {
             let field = format!("plugins.{name}");
-            decl.component = base.join(&decl.component);
-            if !decl.component.is_file() {
-                self.problem(
-                    format!("{field}.component"),
-                    format!("no file at {}", decl.component.display()),
-                );
-            }
+            self.name(&field, &name);
+            let component = base.join(&decl.component);
+            let digest = match std::fs::read(&component) {
+                Ok(bytes) => hex::encode(sha2::Sha256::digest(&bytes)),
+                Err(e) => {
+                    let why = if component.is_file() {
+                        format!("cannot read {}: {e}", component.display())
+                    } else {
+                        format!("no file at {}", component.display())
+                    };
+                    self.problem(format!("{field}.component"), why);
+                    String::new()
+                }
+            };
             if let Err(message) = decl.manifest.check() {
                 self.problem(format!("{field}.manifest"), message);
             }
-            plugins.insert(name, decl);
+            plugins.insert(
+                name,
+                PluginDecl {
+                    component,
+                    digest,
+                    manifest: decl.manifest,
+                },
+            );
         }
         if file.environments.0.is_empty() {
             self.problem(
                 "environments",
                 "the pipeline needs at least one environment",
+            );
+        }
+        if file.environments.0.len() > limits::ENVIRONMENTS {
+            self.problem(
+                "environments",
+                format!(
+                    "{} environments; a pipeline has at most {}",
+                    file.environments.0.len(),
+                    limits::ENVIRONMENTS
+                ),
             );
         }
         let names: Vec<String> = file.environments.0.iter().map(|(n, _)| n.clone()).collect();
@@ -256,12 +319,62 @@ impl Check {
             .map(|(name, env)| self.environment(name, env, &names, &plugins))
             .collect();
         self.promotion_cycles(&environments);
-        Pipeline {
+        let mut pipeline = Pipeline {
             name: file.pipeline,
+            version: String::new(),
             repository: file.repository,
             artifact: file.artifact,
             plugins,
             environments,
+        };
+        pipeline.version = pipeline.content_hash();
+        let size = serde_json::to_vec(&pipeline).map_or(0, |v| v.len());
+        if size > limits::DEFINITION_BYTES {
+            self.problem(
+                "",
+                format!(
+                    "the pipeline's definition is {size} bytes; at most {} fit beside the runs that pin it",
+                    limits::DEFINITION_BYTES
+                ),
+            );
+        }
+        pipeline
+    }
+
+    /// A name (pipeline, environment, step, plugin) is 1 to 64 of
+    /// `A-Z a-z 0-9 _ . -`, starting with a letter or digit: it goes into
+    /// store keys, idempotency keys and URLs.
+    fn name(&mut self, field: &str, name: &str) {
+        let fits = !name.is_empty()
+            && name.len() <= limits::NAME
+            && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if !fits {
+            self.problem(
+                field,
+                format!(
+                    "`{}` is not a valid name: 1 to {} letters, digits, `_`, `.` or `-`, starting with a letter or digit",
+                    name.escape_debug(),
+                    limits::NAME
+                ),
+            );
+        }
+    }
+
+    /// A duration between `min` and `max`.
+    fn span(&mut self, field: &str, span: Span, min: Duration, max: Duration) {
+        if span.0 < min || span.0 > max {
+            self.problem(
+                field,
+                format!(
+                    "{} is out of range: from {} to {}",
+                    show(span.0),
+                    show(min),
+                    show(max)
+                ),
+            );
         }
     }
 
@@ -273,6 +386,7 @@ impl Check {
         plugins: &BTreeMap<String, PluginDecl>,
     ) -> Environment {
         let field = format!("environments.{name}");
+        self.name(&field, &name);
         let t = &env.trigger;
         if t.push.is_none() && t.merge.is_none() && t.promote_from.is_none() {
             self.problem(
@@ -322,11 +436,22 @@ impl Check {
         if env.steps.is_empty() {
             self.problem(format!("{field}.steps"), "list at least one step");
         }
+        if env.steps.len() > limits::STEPS {
+            self.problem(
+                format!("{field}.steps"),
+                format!(
+                    "{} steps; an environment has at most {}",
+                    env.steps.len(),
+                    limits::STEPS
+                ),
+            );
+        }
         let mut steps = Vec::new();
         let mut seen = BTreeSet::new();
         for (i, step) in env.steps.into_iter().enumerate() {
             let field = format!("{field}.steps[{i}]");
             if let Some(step) = self.step(&field, step, plugins) {
+                self.name(&format!("{field}.{}.name", step.kind.name()), &step.name);
                 if !seen.insert(step.name.clone()) {
                     self.problem(
                         format!("{field}.{}", step.kind.name()),
@@ -388,7 +513,7 @@ impl Check {
                 d.name.clone()
             }
             StepKind::Gate(g) => {
-                self.plugin_ref(&format!("{field}.plugin"), &g.plugin, plugins);
+                self.gate(&field, g, plugins);
                 g.name.clone()
             }
             StepKind::Approval(a) => {
@@ -407,9 +532,19 @@ impl Check {
                         ),
                     );
                 }
-                if a.required == 0 {
-                    self.problem(format!("{field}.required"), "must be at least 1");
+                if a.required == 0 || a.required > limits::REQUIRED {
+                    self.problem(
+                        format!("{field}.required"),
+                        format!("must be from 1 to {}", limits::REQUIRED),
+                    );
                 }
+                self.approvers(&field, &a.approvers);
+                self.span(
+                    &format!("{field}.timeout"),
+                    a.timeout,
+                    Duration::from_secs(1),
+                    Duration::from_secs(90 * 86_400),
+                );
                 a.name.clone()
             }
             StepKind::Migrate(m) => {
@@ -431,7 +566,62 @@ impl Check {
         })
     }
 
+    fn approvers(&mut self, field: &str, approvers: &[String]) {
+        if approvers.len() > limits::APPROVERS {
+            self.problem(
+                format!("{field}.approvers"),
+                format!(
+                    "{} approvers; an approval lists at most {}",
+                    approvers.len(),
+                    limits::APPROVERS
+                ),
+            );
+        }
+        let mut seen = BTreeSet::new();
+        for (i, approver) in approvers.iter().enumerate() {
+            if approver.trim().is_empty() || approver.len() > limits::APPROVER {
+                self.problem(
+                    format!("{field}.approvers[{i}]"),
+                    format!("an approver's name is 1 to {} bytes", limits::APPROVER),
+                );
+            }
+            // People are the same person whatever the letter case.
+            if !seen.insert(approver.to_lowercase()) {
+                self.problem(
+                    format!("{field}.approvers[{i}]"),
+                    format!("`{approver}` is listed twice"),
+                );
+            }
+        }
+    }
+
+    fn gate(&mut self, field: &str, g: &Gate, plugins: &BTreeMap<String, PluginDecl>) {
+        self.plugin_ref(&format!("{field}.plugin"), &g.plugin, plugins);
+        self.span(
+            &format!("{field}.timeout"),
+            g.timeout,
+            Duration::from_secs(1),
+            Duration::from_secs(30 * 86_400),
+        );
+        if g.retries > 0 && g.retry_interval.0 >= g.timeout.0 {
+            self.problem(
+                format!("{field}.retry_interval"),
+                format!(
+                    "a retry after {} can never come within the gate's timeout of {}",
+                    show(g.retry_interval.0),
+                    show(g.timeout.0)
+                ),
+            );
+        }
+    }
+
     fn deploy(&mut self, field: &str, d: &Deploy) {
+        self.span(
+            &format!("{field}.timeout"),
+            d.timeout,
+            Duration::from_secs(1),
+            limits::STEP_TIMEOUT,
+        );
         match (&d.command, &d.http) {
             (Some(_), Some(_)) | (None, None) => {
                 self.problem(field, "a deploy has exactly one of `command` and `http`");
@@ -460,9 +650,25 @@ impl Check {
                 "weights go up from 1 to 100 and end at 100, e.g. [10, 50, 100]",
             );
         }
+        if c.weights.len() > limits::WEIGHTS {
+            self.problem(
+                format!("{field}.weights"),
+                format!("at most {} weights", limits::WEIGHTS),
+            );
+        }
         self.deploy(&format!("{field}.deploy"), &c.deploy);
         if let Some(g) = &c.gate {
-            self.plugin_ref(&format!("{field}.gate.plugin"), &g.plugin, plugins);
+            self.gate(&format!("{field}.gate"), g, plugins);
+            if !c.stable_for.0.is_zero() && c.stable_for.0 >= g.timeout.0 {
+                self.problem(
+                    format!("{field}.stable_for"),
+                    format!(
+                        "the gate is asked again after {}, but it must pass within its timeout of {}: raise gate.timeout",
+                        show(c.stable_for.0),
+                        show(g.timeout.0)
+                    ),
+                );
+            }
         }
     }
 
@@ -514,6 +720,19 @@ impl Check {
                 current = from(&next);
             }
         }
+    }
+}
+
+/// A duration as people write it in the file.
+fn show(d: Duration) -> String {
+    let ms = d.as_millis();
+    match ms {
+        0 => "0s".into(),
+        ms if ms % 86_400_000 == 0 => format!("{}d", ms / 86_400_000),
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1_000 == 0 => format!("{}s", ms / 1_000),
+        ms => format!("{ms}ms"),
     }
 }
 

@@ -5,14 +5,19 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use gantry_plugin_host::Manifest;
+use gantry_plugin_api::Manifest;
 use serde::{Deserialize, Deserializer, Serialize};
 
-/// One pipeline file, checked.
-#[derive(Debug, Clone, PartialEq)]
+/// One pipeline file, checked. It serialises whole, so a run can pin the
+/// version it started with (see [`Pipeline::version`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pipeline {
     /// The pipeline's name.
     pub name: String,
+    /// The sha256 of this definition (plugin components included), set by
+    /// the loader: what a run pins.
+    #[serde(default)]
+    pub version: String,
     /// `owner/name` of the repository whose events drive it.
     pub repository: String,
     /// How the artifact's image reference is built from the commit.
@@ -24,6 +29,42 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// The content hash of this definition: the sha256 of its JSON with the
+    /// version left empty. Plugin components count by their digests.
+    pub fn content_hash(&self) -> String {
+        use sha2::Digest;
+        let mut unversioned = self.clone();
+        unversioned.version = String::new();
+        let json = serde_json::to_vec(&unversioned).unwrap_or_default();
+        hex::encode(sha2::Sha256::digest(&json))
+    }
+
+    /// The world each plugin the steps use must target, by plugin name.
+    pub fn plugin_worlds(&self) -> BTreeMap<String, gantry_plugin_api::World> {
+        use gantry_plugin_api::World;
+        let mut worlds = BTreeMap::new();
+        for step in self.environments.iter().flat_map(|e| &e.steps) {
+            match &step.kind {
+                StepKind::Gate(g) => {
+                    worlds.insert(g.plugin.clone(), World::Gate);
+                }
+                StepKind::Canary(c) => {
+                    if let Some(g) = &c.gate {
+                        worlds.insert(g.plugin.clone(), World::Gate);
+                    }
+                }
+                StepKind::Migrate(m) => {
+                    worlds.insert(m.plugin.clone(), World::Migration);
+                }
+                StepKind::Notify(n) => {
+                    worlds.insert(n.plugin.clone(), World::Notifier);
+                }
+                StepKind::Deploy(_) | StepKind::Approval(_) => {}
+            }
+        }
+        worlds
+    }
+
     /// The environment called `name`.
     pub fn environment(&self, name: &str) -> Option<&Environment> {
         self.environments.iter().find(|e| e.name == name)
@@ -56,18 +97,19 @@ impl ArtifactTemplate {
 }
 
 /// A plugin declaration.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PluginDecl {
-    /// The `.wasm` component, relative to the pipeline file.
+    /// The `.wasm` component, absolute.
     pub component: PathBuf,
+    /// The component's sha256 when the file was loaded.
+    pub digest: String,
     /// What the plugin is granted.
     #[serde(default)]
     pub manifest: Manifest,
 }
 
 /// One environment.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Environment {
     /// Its name.
     pub name: String,
@@ -151,7 +193,7 @@ pub enum OnFailure {
 }
 
 /// One step.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Step {
     /// Its name, unique in the environment.
     pub name: String,
@@ -160,7 +202,8 @@ pub struct Step {
 }
 
 /// The step kinds.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum StepKind {
     /// Run a command or POST to an endpoint.
     Deploy(Deploy),
@@ -323,6 +366,8 @@ pub enum NotifyEvent {
     Failed,
     /// The environment was rolled back.
     RolledBack,
+    /// A run's message was dead-lettered: the run needs a person.
+    DeadLettered,
 }
 
 impl NotifyEvent {
@@ -334,12 +379,14 @@ impl NotifyEvent {
             NotifyEvent::Succeeded => "succeeded",
             NotifyEvent::Failed => "failed",
             NotifyEvent::RolledBack => "rolled_back",
+            NotifyEvent::DeadLettered => "dead_lettered",
         }
     }
 }
 
 /// A config value: any YAML scalar, kept as text.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
 pub struct ConfigValue(pub String);
 
 impl<'de> Deserialize<'de> for ConfigValue {
@@ -371,9 +418,15 @@ impl<'de> Deserialize<'de> for ConfigValue {
 }
 
 /// A duration written as `500ms`, `30s`, `5m`, `2h` or `1d` (or a bare
-/// number of seconds).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// number of seconds). It serialises as milliseconds, `1500ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Span(pub Duration);
+
+impl Serialize for Span {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}ms", self.0.as_millis()))
+    }
+}
 
 impl Span {
     /// Parses the text form.

@@ -92,10 +92,22 @@ pub enum Error {
     },
 }
 
+impl From<gantry_plugin_api::ManifestError> for Error {
+    fn from(e: gantry_plugin_api::ManifestError) -> Self {
+        Error::Manifest {
+            path: e.path,
+            message: e.message,
+        }
+    }
+}
+
 impl Error {
-    /// Whether the same call may succeed if tried again later.
+    /// Whether the same call may succeed if tried again later: a timeout,
+    /// or an error the guest returned (it could not do its job now: a
+    /// service it calls is down). A trap, a limit, a bad result or a bad
+    /// component fails the same way every time.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Timeout { .. })
+        matches!(self, Error::Timeout { .. } | Error::Guest { .. })
     }
 
     /// A short stable name for metrics and JSON output.

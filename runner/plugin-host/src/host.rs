@@ -14,6 +14,7 @@ use wasmtime::{
 };
 
 use crate::Error;
+use crate::SecretSource;
 use crate::bindings::capabilities::gantry::plugin as caps;
 use crate::bindings::{gate, migration, notifier};
 use crate::cache::{CacheOutcome, ComponentCache};
@@ -77,25 +78,13 @@ impl Default for HostConfig {
     }
 }
 
-/// Where secret values come from. The host asks only for the names the
-/// manifest grants in the call's environment.
-pub trait SecretSource: Send + Sync {
-    /// The value of secret `name` in `environment`, or `None` when unset.
-    fn resolve(&self, environment: &str, name: &str) -> Option<String>;
-}
-
-/// Secrets from the host process's environment variables, by name.
+/// Secrets from the host process's environment variables, by name: for
+/// `gantry plugin run` on a developer's machine, never for a server.
 pub struct EnvSecrets;
 
 impl SecretSource for EnvSecrets {
     fn resolve(&self, _environment: &str, name: &str) -> Option<String> {
         std::env::var(name).ok()
-    }
-}
-
-impl SecretSource for std::collections::BTreeMap<String, String> {
-    fn resolve(&self, _environment: &str, name: &str) -> Option<String> {
-        self.get(name).cloned()
     }
 }
 
@@ -364,6 +353,7 @@ impl PluginHost {
             return CallReport::failed(plugin.wrong_world("migration"));
         };
         let wit_ctx = to_wit_context(ctx);
+        let limit = self.config.max_result_bytes;
         self.call(plugin, ctx, secrets, async move |store| {
             let migration = pre.instantiate_async(&mut *store).await?;
             let answer = match direction {
@@ -371,10 +361,24 @@ impl PluginHost {
                 Direction::Down => migration.call_down(&mut *store, &wit_ctx).await?,
             };
             Ok(answer.map(|outcome| {
-                Ok(MigrationOutcome {
+                let outcome = MigrationOutcome {
                     version: outcome.version,
                     evidence: from_wit_observations(outcome.evidence),
-                })
+                };
+                let size = outcome.version.len()
+                    + outcome
+                        .evidence
+                        .iter()
+                        .map(|o| o.name.len() + o.value.len())
+                        .sum::<usize>();
+                if size > limit {
+                    return Err(Error::ResultTooLarge {
+                        plugin: plugin.name.to_string(),
+                        size,
+                        limit,
+                    });
+                }
+                Ok(outcome)
             }))
         })
         .await
@@ -444,7 +448,7 @@ impl PluginHost {
             Ok(Err(trap)) => Err(self.classify(plugin, &store, trap, &timeout)),
             Ok(Ok(Err(message))) => Err(Error::Guest {
                 plugin: plugin.name.to_string(),
-                message,
+                message: cap_message(message),
             }),
             Ok(Ok(Ok(checked))) => checked,
         };
@@ -518,6 +522,24 @@ impl<T> CallReport<T> {
             duration: Duration::ZERO,
         }
     }
+}
+
+/// The most of a guest's error message the host keeps.
+const MAX_GUEST_ERROR: usize = 4096;
+
+/// A guest's error message, cut to [`MAX_GUEST_ERROR`] bytes with a marker.
+fn cap_message(mut message: String) -> String {
+    if message.len() <= MAX_GUEST_ERROR {
+        return message;
+    }
+    let total = message.len();
+    let mut cut = MAX_GUEST_ERROR;
+    while !message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    message.truncate(cut);
+    message.push_str(&format!(" … [{} of {total} bytes cut]", total - cut));
+    message
 }
 
 /// Raised by the epoch callback once a call's wall-clock limit has passed.

@@ -11,22 +11,23 @@
 //!
 //! A misbehaving plugin yields an [`Error`] naming the limit it hit; the host
 //! and the next call are unaffected.
+//!
+//! [`HostedPlugins`] is the engine's `PluginRunner` on this host.
 
 mod bindings;
 mod cache;
 mod error;
 mod host;
 mod limits;
-pub mod manifest;
+mod runner;
 mod state;
-pub mod types;
 
 pub use cache::CacheOutcome;
 pub use error::Error;
-pub use host::{
-    Allocator, CallReport, EnvSecrets, HostConfig, Inspection, Plugin, PluginHost, SecretSource,
-};
+pub use gantry_plugin_api::{SecretSource, manifest, types};
+pub use host::{Allocator, CallReport, EnvSecrets, HostConfig, Inspection, Plugin, PluginHost};
 pub use manifest::{Manifest, Origin};
+pub use runner::{HostedPlugins, component_digest};
 pub use types::{
     Artifact, Decision, Direction, Event, EventKind, LogRecord, MigrationOutcome, Observation,
     StepContext, Verdict, World,

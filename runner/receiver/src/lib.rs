@@ -22,8 +22,8 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::post;
-use gantry_engine::Engine;
-use gantry_store::{Precondition, Write};
+use gantry_engine::{Engine, Refusal};
+use gantry_store::{Key, Precondition, Put, Write};
 use serde_json::{Value, json};
 
 pub use config::ReceiverConfig;
@@ -123,14 +123,11 @@ async fn github_hook(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: B
             response
         }
         // No pipeline or environment wants it: accepted and ignored.
-        Err(e) if e.status == 422 => {
-            tracing::info!(event, delivery, why = %e.message, "GitHub event ignored");
-            answer(StatusCode::ACCEPTED, json!({ "ignored": e.message }))
+        Err(Refusal::NotRouted(why)) => {
+            tracing::info!(event, delivery, %why, "GitHub event ignored");
+            answer(StatusCode::ACCEPTED, json!({ "ignored": why }))
         }
-        Err(e) => refuse(
-            StatusCode::from_u16(e.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
-            e.message,
-        ),
+        Err(e) => refuse(gantry_api::status_of(&e), e.to_string()),
     }
 }
 
@@ -166,20 +163,18 @@ async fn slack_interaction(
     // again, inside the window, is a replay.
     // Lower case: hex is read either way, so `V0=AB…` is the same request.
     let seen = format!(
-        "{SEEN_PREFIX}{timestamp:012}/{}",
+        "{timestamp:012}/{}",
         signature_header.unwrap_or_default().to_ascii_lowercase()
     );
-    match r
-        .engine
-        .backend()
-        .write(vec![Write::put(
-            seen,
-            Vec::new(),
-            Precondition::DoesNotExist,
-        )])
-        .await
-    {
-        Ok(_) => r.forget_expired_requests(now),
+    let record = Write::Put(Put {
+        key: Key::new(SEEN_PARTITION, seen),
+        value: Vec::new(),
+        precondition: Precondition::DoesNotExist,
+        expires_at_ms: Some((timestamp + SEEN_FOR_SECS).max(0) as u64 * 1000),
+        due_at_ms: None,
+    });
+    match r.engine.backend().write(vec![record]).await {
+        Ok(_) => {}
         Err(gantry_store::Error::Conflict { .. }) => {
             return refuse(
                 StatusCode::CONFLICT,
@@ -219,7 +214,7 @@ async fn slack_interaction(
             } else {
                 "Rejected"
             };
-            let still = decision["still_needed"].as_u64().unwrap_or(0);
+            let still = decision.still_needed;
             let text = if !click.approve {
                 format!(
                     "{verb} by {user}: run {} stops in {}.",
@@ -228,77 +223,34 @@ async fn slack_interaction(
             } else if still == 0 {
                 format!(
                     "{verb} by {user} ({} of {}): run {} goes on in {}.",
-                    decision["approvals"], decision["required"], click.run, click.environment
+                    decision.approvals, decision.required, click.run, click.environment
                 )
             } else {
                 format!(
                     "{verb} by {user} ({} of {}); {still} more needed for run {} in {}.",
-                    decision["approvals"], decision["required"], click.run, click.environment
+                    decision.approvals, decision.required, click.run, click.environment
                 )
             };
             r.tell(&click, &text, true);
-            answer(StatusCode::OK, decision)
+            answer(StatusCode::OK, json!(decision))
         }
         Err(e) => {
-            r.tell(&click, &format!("Refused: {}", e.message), false);
-            refuse(
-                StatusCode::from_u16(e.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
-                e.message,
-            )
+            r.tell(&click, &format!("Refused: {e}"), false);
+            refuse(gantry_api::status_of(&e), e.to_string())
         }
     }
 }
 
 /// Where handled Slack requests are remembered, as
-/// `{SEEN_PREFIX}{timestamp:012}/{signature}`: in time order, so the expired
-/// ones come first.
-const SEEN_PREFIX: &str = "slack-request/";
+/// `{timestamp:012}/{signature}`, each until it expires.
+const SEEN_PARTITION: &str = "slack-request";
 
 /// How long a handled Slack request is remembered: twice the window in which
-/// its timestamp is accepted, so a clock step cannot reopen it.
+/// its timestamp is accepted, so a clock step cannot reopen it. The record
+/// expires then (the store stops seeing it, and deletes it later).
 const SEEN_FOR_SECS: i64 = 2 * signature::SLACK_WINDOW_SECS;
 
 impl Receiver {
-    /// Deletes the records of Slack requests whose timestamp is older than
-    /// [`SEEN_FOR_SECS`]: the timestamp check refuses those requests anyway.
-    /// Runs after the answer; a failure only leaves records for next time.
-    fn forget_expired_requests(&self, now: i64) {
-        let backend = self.engine.backend().clone();
-        let cutoff = format!("{SEEN_PREFIX}{:012}/", (now - SEEN_FOR_SECS).max(0));
-        tokio::spawn(async move {
-            loop {
-                let expired: Vec<_> = match backend.list(SEEN_PREFIX, None, 100).await {
-                    Ok(items) => items
-                        .into_iter()
-                        .take_while(|item| item.key < cutoff)
-                        .collect(),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot list old Slack requests");
-                        return;
-                    }
-                };
-                if expired.is_empty() {
-                    return;
-                }
-                let writes = expired
-                    .iter()
-                    .map(|item| {
-                        Write::delete(&item.key, Precondition::MatchesVersion(item.version))
-                    })
-                    .collect();
-                match backend.write(writes).await {
-                    Ok(_) => {}
-                    // Another click's pruning got there first.
-                    Err(gantry_store::Error::Conflict { .. }) => return,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot forget old Slack requests");
-                        return;
-                    }
-                }
-            }
-        });
-    }
-
     /// Updates the clicked message through Slack's `response_url`, after
     /// the answer: `replace` rewrites the message for everyone; otherwise
     /// only the clicker sees `text`.

@@ -1,52 +1,70 @@
 //! The embedded backend: one SQLite file in WAL mode under the data dir.
 //!
-//! - `items(key, value, version)`: the [`Store`].
-//! - `messages(id, body, visible_at, receive_count, receipt, in_flight,
-//!   last_error)`: the [`Queue`]; a delayed message is a row whose
-//!   `visible_at` is in the future, so timers survive restarts.
-//! - `dead_letters`: messages received `max_receives` times.
+//! - `items(partition, sort, value, version, expires_at, due_at)`: the
+//!   [`Store`]; `due_at` has a partial index for [`Store::due`], expired
+//!   items are filtered out of every read and deleted a few at a time.
+//! - `messages(id, body, visible_at, receive_count, receipt, in_flight)`: the
+//!   [`Queue`]; a message whose `visible_at` is in the future is a timer, so
+//!   timers survive restarts.
 //!
 //! [`Backend::checkpoint`] runs in one transaction, and
 //! [`Backend::checkpoint_batch`] runs a batch in one transaction (with a
-//! savepoint for a checkpoint that needs one), on the blocking pool. The data dir is locked,
-//! so one process owns the file; on open, messages that were in flight in a
-//! previous process become visible again at once.
+//! savepoint for a checkpoint that needs one), on the blocking pool. The
+//! data dir is locked, so one process owns the file; on open, messages that
+//! were in flight in the previous process become visible again, and that
+//! receive is not counted: a restart is not the message's fault.
+//!
+//! Durability: with [`Options::fsync`] (the default) every commit of a
+//! checkpoint marked `sync`, and of a plain [`Store::write`], waits for the
+//! disk (`synchronous=FULL`), so what was answered as accepted survives a
+//! power loss. The engine's own checkpoints commit without waiting
+//! (`synchronous=NORMAL`, which in WAL mode survives a process crash); the
+//! WAL keeps commits in order, so a power loss can only lose the engine's
+//! latest steps, which then run again under the same idempotency keys, as
+//! after a crash. Without `fsync`, nothing waits for the disk.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use gantry_store::{
-    Backend, Checkpoint, DeadLetter, Depth, Error, Item, Outgoing, Precondition, Queue, Receipt,
-    Received, Store, Write,
+    Backend, Capabilities, Checkpoint, Clock, Depth, Error, Item, Key, ListQuery, Outgoing, Page,
+    Precondition, Put, Queue, Receipt, Received, Store, Write, check_batch, decode_counter,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::Notify;
 
 /// How the backend behaves.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct Options {
-    /// A message received this many times goes to the dead-letter list on
-    /// its next receive.
-    pub max_receives: u32,
-    /// `true`: fsync on every commit (`synchronous=FULL`), surviving power
-    /// loss. `false` (default): `synchronous=NORMAL`, which in WAL mode
-    /// survives a process crash but may lose the last commits on power loss.
-    pub fsync_every_commit: bool,
+    /// `true` (default): commits that record something answered as accepted
+    /// wait for the disk, surviving a power loss. `false`: no commit waits
+    /// for the disk; a process crash loses nothing, a power loss may lose
+    /// the last commits.
+    pub fsync: bool,
+    /// Where time comes from.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
-            max_receives: 5,
-            fsync_every_commit: false,
+            fsync: true,
+            clock: gantry_store::system_clock(),
         }
     }
 }
+
+/// The schema version this code writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 2;
+
+/// Expired items deleted per clean-up, and how many write transactions
+/// pass between clean-ups.
+const PURGE_BATCH: i64 = 100;
+const PURGE_EVERY: u64 = 256;
 
 /// State and queue in `<data-dir>/gantry.db`.
 pub struct SqliteBackend {
@@ -55,65 +73,75 @@ pub struct SqliteBackend {
     options: Options,
     arrived: Arc<Notify>,
     path: PathBuf,
+    writes: AtomicU64,
     _lock: File,
 }
 
-fn now_ms() -> i64 {
-    gantry_store::now_ms() as i64
-}
-
 fn db_error(e: rusqlite::Error) -> Error {
-    Error::Unavailable(e.to_string())
+    Error::unavailable(e.to_string())
 }
 
-fn parse_receipt(receipt: &Receipt) -> Result<(i64, i64), Error> {
+/// A receipt is `{message id}:{receipt nonce}`.
+fn parse_receipt(receipt: &Receipt) -> Option<(i64, i64)> {
     receipt
         .0
         .split_once(':')
         .and_then(|(id, nonce)| Some((id.parse().ok()?, nonce.parse().ok()?)))
-        .ok_or_else(|| Error::StaleReceipt {
-            message: receipt.0.clone(),
-        })
 }
 
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS items (
-    key TEXT PRIMARY KEY,
+CREATE TABLE items (
+    partition TEXT NOT NULL,
+    sort TEXT NOT NULL,
     value BLOB NOT NULL,
-    version INTEGER NOT NULL
+    version INTEGER NOT NULL,
+    expires_at INTEGER,
+    due_at INTEGER,
+    PRIMARY KEY (partition, sort)
 );
-CREATE TABLE IF NOT EXISTS messages (
+CREATE INDEX items_due ON items(due_at) WHERE due_at IS NOT NULL;
+CREATE INDEX items_expiry ON items(expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     body BLOB NOT NULL,
     visible_at INTEGER NOT NULL,
     receive_count INTEGER NOT NULL DEFAULT 0,
     receipt INTEGER NOT NULL DEFAULT 0,
-    in_flight INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT
+    in_flight INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS messages_due ON messages(visible_at);
-CREATE TABLE IF NOT EXISTS dead_letters (
-    id INTEGER PRIMARY KEY,
-    body BLOB NOT NULL,
-    receive_count INTEGER NOT NULL,
-    last_error TEXT,
-    dead_at INTEGER NOT NULL
-);
+CREATE INDEX messages_due ON messages(visible_at);
 ";
+
+/// What this backend promises. The item and batch limits are DynamoDB's,
+/// so a pipeline that runs here also fits the distributed backend.
+pub fn capabilities() -> Capabilities {
+    Capabilities {
+        atomic_checkpoint: true,
+        single_process: true,
+        exact_depth: true,
+        max_item_bytes: 400_000,
+        max_batch_items: 100,
+        max_batch_bytes: 4_000_000,
+        max_message_bytes: 256 * 1024,
+        max_delay: None,
+        delay_granularity: Duration::from_millis(1),
+        max_visibility: Duration::from_secs(12 * 3600),
+    }
+}
 
 impl SqliteBackend {
     /// Opens (creating if needed) `<data_dir>/gantry.db`, locking the data
     /// dir against a second process.
     pub fn open(data_dir: &Path, options: Options) -> Result<Self, Error> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
-            Error::Unavailable(format!("cannot create {}: {e}", data_dir.display()))
+            Error::unavailable(format!("cannot create {}: {e}", data_dir.display()))
         })?;
         let lock_path = data_dir.join("gantry.lock");
         let lock = File::create(&lock_path).map_err(|e| {
-            Error::Unavailable(format!("cannot create {}: {e}", lock_path.display()))
+            Error::unavailable(format!("cannot create {}: {e}", lock_path.display()))
         })?;
         lock.try_lock().map_err(|_| {
-            Error::Unavailable(format!(
+            Error::unavailable(format!(
                 "{} is in use by another gantry process",
                 data_dir.display()
             ))
@@ -127,25 +155,18 @@ impl SqliteBackend {
             .map_err(db_error)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db_error)?;
-        conn.pragma_update(
-            None,
-            "synchronous",
-            if options.fsync_every_commit {
-                "FULL"
-            } else {
-                "NORMAL"
-            },
-        )
-        .map_err(db_error)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(db_error)?;
         conn.busy_timeout(Duration::from_secs(5))
             .map_err(db_error)?;
-        // The queue and the runs are read far more often than written.
         tune(&conn)?;
-        conn.execute_batch(SCHEMA).map_err(db_error)?;
+        migrate(&conn, &path)?;
         let revived = exec(
             &conn,
-            "UPDATE messages SET visible_at = ?1, in_flight = 0 WHERE in_flight = 1",
-            params![now_ms()],
+            "UPDATE messages SET visible_at = ?1, in_flight = 0,
+                 receive_count = max(receive_count - 1, 0)
+             WHERE in_flight = 1",
+            params![options.clock.now_ms() as i64],
         )?;
         if revived > 0 {
             tracing::info!(
@@ -158,6 +179,7 @@ impl SqliteBackend {
             options,
             arrived: Arc::new(Notify::new()),
             path,
+            writes: AtomicU64::new(0),
             _lock: lock,
         })
     }
@@ -167,27 +189,69 @@ impl SqliteBackend {
         &self.path
     }
 
+    fn now(&self) -> i64 {
+        self.options.clock.now_ms() as i64
+    }
+
     /// Runs `f` on the connection, on the calling thread: a statement takes
     /// tens of microseconds, less than handing it to another thread would
     /// (measured), and `f` never awaits, so the lock is held only while
     /// SQLite works. An async lock here was measured too, and was slower.
-    async fn with<T>(
-        &self,
-        f: impl FnOnce(&mut Connection, Options) -> Result<T, Error>,
-    ) -> Result<T, Error> {
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, Error>) -> Result<T, Error> {
         let mut conn = self
             .conn
             .lock()
-            .map_err(|_| Error::Unavailable("the database lock is poisoned".into()))?;
-        f(&mut conn, self.options)
+            .map_err(|_| Error::unavailable("the database lock is poisoned"))?;
+        f(&mut conn)
     }
+
+    /// Whether this write transaction should also delete a few expired
+    /// items.
+    fn purge_due(&self) -> bool {
+        self.writes.fetch_add(1, Ordering::Relaxed) % PURGE_EVERY == PURGE_EVERY - 1
+    }
+}
+
+/// Creates the schema in a new file; refuses a file of another version.
+fn migrate(conn: &Connection, path: &Path) -> Result<(), Error> {
+    let version: i64 = query_row(conn, "PRAGMA user_version", [], |r| r.get(0))?;
+    if version == SCHEMA_VERSION {
+        return Ok(());
+    }
+    let tables: i64 = query_row(
+        conn,
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table'",
+        [],
+        |r| r.get(0),
+    )?;
+    if version != 0 || tables > 0 {
+        return Err(Error::Corrupt(format!(
+            "{} has schema version {version}; this Gantry reads version {SCHEMA_VERSION}: \
+             start it with a new --data-dir",
+            path.display()
+        )));
+    }
+    conn.execute_batch(&format!(
+        "BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+    ))
+    .map_err(db_error)
 }
 
 /// A 32 MiB page cache (the default is 2 MiB), and room in the statement
 /// cache for every statement this backend runs (the default keeps 16).
-/// Memory-mapped reads were measured too, and were slower here.
+/// Memory-mapped reads were measured too, and were slower here. The query
+/// planner keeps one plan per statement whatever its parameters (its
+/// stability guarantee): otherwise, with the STAT4 statistics the bundled
+/// SQLite has, every new value of a range parameter re-prepares the
+/// statement (measured: every list and due query, a fifth of the engine's
+/// time).
 fn tune(conn: &Connection) -> Result<(), Error> {
     conn.set_prepared_statement_cache_capacity(64);
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )
+    .map_err(db_error)?;
     conn.pragma_update(None, "cache_size", -(32i64 << 10))
         .map_err(db_error)
 }
@@ -217,16 +281,23 @@ fn query_row<T, P: rusqlite::Params>(
 struct WriteTx<'c> {
     conn: &'c Connection,
     committed: bool,
+    sync: bool,
 }
 
 impl<'c> WriteTx<'c> {
-    /// Starts a transaction that holds the write lock from its start.
-    fn begin(conn: &'c Connection) -> Result<Self, Error> {
-        exec(conn, "BEGIN IMMEDIATE", [])?;
-        Ok(WriteTx {
+    /// Starts a transaction that holds the write lock from its start; `sync`
+    /// makes its commit wait for the disk.
+    fn begin(conn: &'c Connection, sync: bool) -> Result<Self, Error> {
+        if sync {
+            exec(conn, "PRAGMA synchronous = FULL", [])?;
+        }
+        let tx = WriteTx {
             conn,
             committed: false,
-        })
+            sync,
+        };
+        exec(conn, "BEGIN IMMEDIATE", [])?;
+        Ok(tx)
     }
 
     /// Commits; on failure the transaction is rolled back.
@@ -252,187 +323,338 @@ impl Drop for WriteTx<'_> {
         {
             tracing::warn!(error = %e, "rollback failed");
         }
+        // Back to commits that do not wait for the disk.
+        if self.sync
+            && let Err(e) = exec(self.conn, "PRAGMA synchronous = NORMAL", [])
+        {
+            tracing::warn!(error = %e, "cannot reset synchronous");
+        }
     }
 }
 
-fn apply_writes(tx: &Connection, writes: &[Write]) -> Result<Vec<u64>, Error> {
-    let mut versions = Vec::with_capacity(writes.len());
-    for w in writes {
-        if let (Precondition::DoesNotExist, Some(value)) = (w.precondition, &w.value) {
-            // The key's uniqueness is the check: one lookup, not two.
-            match tx
-                .prepare_cached("INSERT INTO items (key, value, version) VALUES (?1, ?2, 1)")
-                .and_then(|mut s| s.execute(params![w.key, value]))
-            {
-                Ok(_) => {
-                    versions.push(1);
-                    continue;
-                }
-                Err(rusqlite::Error::SqliteFailure(e, _))
-                    if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
-                {
-                    return Err(Error::Conflict {
-                        key: w.key.clone(),
-                        expected: "no item".into(),
-                    });
-                }
-                Err(e) => return Err(db_error(e)),
+/// The live item's version at `key` (an expired one is absent).
+fn live_version(tx: &Connection, key: &Key, now: i64) -> Result<Option<u64>, Error> {
+    tx.prepare_cached(
+        "SELECT version FROM items WHERE partition = ?1 AND sort = ?2
+           AND (expires_at IS NULL OR expires_at > ?3)",
+    )
+    .and_then(|mut s| {
+        s.query_row(params![key.partition, key.sort, now], |r| {
+            r.get::<_, i64>(0)
+        })
+        .optional()
+    })
+    .map(|v| v.map(|v| v as u64))
+    .map_err(db_error)
+}
+
+fn holds(precondition: Precondition, current: Option<u64>) -> bool {
+    match (precondition, current) {
+        (Precondition::None, _) => true,
+        (Precondition::DoesNotExist, c) => c.is_none(),
+        (Precondition::MatchesVersion(v), Some(c)) => c == v,
+        (Precondition::MatchesVersion(_), None) => false,
+    }
+}
+
+fn conflict(key: &Key, precondition: Precondition, current: Option<u64>) -> Error {
+    let found = current.map_or("no item".to_string(), |c| format!("version {c}"));
+    Error::Conflict {
+        key: key.clone(),
+        expected: match precondition {
+            Precondition::None => "nothing".into(),
+            Precondition::DoesNotExist => format!("no item, found {found}"),
+            Precondition::MatchesVersion(v) => format!("version {v}, found {found}"),
+        },
+    }
+}
+
+fn upsert(tx: &Connection, put: &Put, version: u64) -> Result<(), Error> {
+    exec(
+        tx,
+        "INSERT INTO items (partition, sort, value, version, expires_at, due_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT(partition, sort) DO UPDATE SET value = excluded.value,
+             version = excluded.version, expires_at = excluded.expires_at,
+             due_at = excluded.due_at",
+        params![
+            put.key.partition,
+            put.key.sort,
+            put.value,
+            version as i64,
+            put.expires_at_ms.map(|t| t as i64),
+            put.due_at_ms.map(|t| t as i64),
+        ],
+    )
+    .map(|_| ())
+}
+
+/// A put that must not find a live item: the key's uniqueness is the check,
+/// one lookup, not two; only when a row is there does it look closer (the
+/// row may have expired).
+fn insert_new(tx: &Connection, put: &Put, now: i64) -> Result<(), Error> {
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO items (partition, sort, value, version, expires_at, due_at)
+             VALUES (?1, ?2, ?3, 1, ?4, ?5)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                put.key.partition,
+                put.key.sort,
+                put.value,
+                put.expires_at_ms.map(|t| t as i64),
+                put.due_at_ms.map(|t| t as i64),
+            ])
+        });
+    match inserted {
+        Ok(_) => Ok(()),
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
+        {
+            match live_version(tx, &put.key, now)? {
+                None => upsert(tx, put, 1),
+                current => Err(conflict(&put.key, Precondition::DoesNotExist, current)),
             }
         }
-        let current: Option<i64> = tx
-            .prepare_cached("SELECT version FROM items WHERE key = ?1")
-            .and_then(|mut s| s.query_row(params![w.key], |r| r.get(0)).optional())
-            .map_err(db_error)?;
-        let ok = match (w.precondition, current) {
-            (Precondition::None, _) => true,
-            (Precondition::DoesNotExist, c) => c.is_none(),
-            (Precondition::MatchesVersion(v), Some(c)) => c as u64 == v,
-            (Precondition::MatchesVersion(_), None) => false,
-        };
-        if !ok {
-            return Err(Error::Conflict {
-                key: w.key.clone(),
-                expected: match w.precondition {
-                    Precondition::None => "nothing".into(),
-                    Precondition::DoesNotExist => "no item".into(),
-                    Precondition::MatchesVersion(v) => format!(
-                        "version {v}, found {}",
-                        current.map_or("none".to_string(), |c| c.to_string())
-                    ),
-                },
-            });
-        }
-        match &w.value {
-            Some(value) => {
-                let version = current.unwrap_or(0) + 1;
-                exec(tx,
-                    "INSERT INTO items (key, value, version) VALUES (?1, ?2, ?3)
-                     ON CONFLICT(key) DO UPDATE SET value = excluded.value, version = excluded.version",
-                    params![w.key, value, version],
+        Err(e) => Err(db_error(e)),
+    }
+}
+
+fn apply_writes(tx: &Connection, writes: &[Write], now: i64) -> Result<(), Error> {
+    for write in writes {
+        match write {
+            Write::Put(put) if put.precondition == Precondition::DoesNotExist => {
+                insert_new(tx, put, now)?;
+            }
+            Write::Put(put) => {
+                let current = live_version(tx, &put.key, now)?;
+                if !holds(put.precondition, current) {
+                    return Err(conflict(&put.key, put.precondition, current));
+                }
+                upsert(tx, put, current.unwrap_or(0) + 1)?;
+            }
+            Write::Delete { key, precondition } => {
+                let current = live_version(tx, key, now)?;
+                if !holds(*precondition, current) {
+                    return Err(conflict(key, *precondition, current));
+                }
+                exec(
+                    tx,
+                    "DELETE FROM items WHERE partition = ?1 AND sort = ?2",
+                    params![key.partition, key.sort],
                 )?;
-                versions.push(version as u64);
             }
-            None => {
-                exec(tx, "DELETE FROM items WHERE key = ?1", params![w.key])?;
-                versions.push(0);
+            Write::Check { key, version } => {
+                let current = live_version(tx, key, now)?;
+                let precondition = Precondition::MatchesVersion(*version);
+                if !holds(precondition, current) {
+                    return Err(conflict(key, precondition, current));
+                }
             }
+            Write::Increment { key, delta } => increment(tx, key, *delta, now)?,
         }
     }
-    Ok(versions)
+    Ok(())
 }
 
-fn insert_messages(tx: &Connection, messages: &[Outgoing]) -> Result<Vec<i64>, Error> {
-    let now = now_ms();
-    let mut ids = Vec::with_capacity(messages.len());
+fn increment(tx: &Connection, key: &Key, delta: i64, now: i64) -> Result<(), Error> {
+    let current: Option<(Vec<u8>, i64)> = tx
+        .prepare_cached(
+            "SELECT value, version FROM items WHERE partition = ?1 AND sort = ?2
+               AND (expires_at IS NULL OR expires_at > ?3)",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![key.partition, key.sort, now], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+        })
+        .map_err(db_error)?;
+    let (value, version) = match current {
+        Some((value, version)) => (decode_counter(&value), version as u64),
+        None => (0, 0),
+    };
+    let put = Put {
+        key: key.clone(),
+        value: (value + delta).to_string().into_bytes(),
+        precondition: Precondition::None,
+        expires_at_ms: None,
+        due_at_ms: None,
+    };
+    upsert(tx, &put, version + 1)
+}
+
+fn purge_expired(tx: &Connection, now: i64) -> Result<(), Error> {
+    exec(
+        tx,
+        "DELETE FROM items WHERE rowid IN (
+             SELECT rowid FROM items WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)",
+        params![now, PURGE_BATCH],
+    )
+    .map(|_| ())
+}
+
+fn insert_messages(tx: &Connection, messages: &[Outgoing], now: i64) -> Result<(), Error> {
     let mut stmt = tx
         .prepare_cached("INSERT INTO messages (body, visible_at) VALUES (?1, ?2)")
         .map_err(db_error)?;
     for m in messages {
-        stmt.execute(params![m.body, now + m.delay.as_millis() as i64])
+        stmt.execute(params![m.body, now.max(m.not_before_ms as i64)])
             .map_err(db_error)?;
-        ids.push(tx.last_insert_rowid());
     }
-    Ok(ids)
+    Ok(())
 }
 
-/// Deletes the message `receipt` owns; stale when it does not own it.
+/// Deletes the message `receipt` owns; nothing when it no longer owns it.
 fn ack_in(tx: &Connection, receipt: &Receipt) -> Result<(), Error> {
-    let (id, nonce) = parse_receipt(receipt)?;
-    let n = exec(
-        tx,
-        "DELETE FROM messages WHERE id = ?1 AND receipt = ?2 AND in_flight = 1",
-        params![id, nonce],
-    )?;
-    if n == 1 {
-        Ok(())
-    } else {
-        Err(Error::StaleReceipt {
-            message: id.to_string(),
-        })
+    if let Some((id, nonce)) = parse_receipt(receipt) {
+        exec(
+            tx,
+            "DELETE FROM messages WHERE id = ?1 AND receipt = ?2 AND in_flight = 1",
+            params![id, nonce],
+        )?;
+    }
+    Ok(())
+}
+
+fn check_messages(messages: &[Outgoing], caps: &Capabilities) -> Result<(), Error> {
+    match messages
+        .iter()
+        .find(|m| m.body.len() > caps.max_message_bytes)
+    {
+        Some(m) => Err(Error::TooLarge {
+            what: "message".into(),
+            size: m.body.len(),
+            limit: caps.max_message_bytes,
+        }),
+        None => Ok(()),
     }
 }
 
 #[async_trait]
 impl Store for SqliteBackend {
-    async fn get(&self, key: &str) -> Result<Option<Item>, Error> {
-        let key = key.to_string();
-        self.with(move |conn, _| {
-            conn.prepare_cached("SELECT value, version FROM items WHERE key = ?1")
-                .and_then(|mut s| {
-                    s.query_row(params![key], |r| {
-                        Ok(Item {
-                            key: key.clone(),
-                            value: r.get(0)?,
-                            version: r.get::<_, i64>(1)? as u64,
-                        })
+    async fn get(&self, key: &Key) -> Result<Option<Item>, Error> {
+        let now = self.now();
+        self.with(|conn| {
+            conn.prepare_cached(
+                "SELECT value, version FROM items WHERE partition = ?1 AND sort = ?2
+                   AND (expires_at IS NULL OR expires_at > ?3)",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![key.partition, key.sort, now], |r| {
+                    Ok(Item {
+                        key: key.clone(),
+                        value: r.get(0)?,
+                        version: r.get::<_, i64>(1)? as u64,
                     })
-                    .optional()
                 })
-                .map_err(db_error)
+                .optional()
+            })
+            .map_err(db_error)
         })
-        .await
     }
 
-    async fn list(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<Item>, Error> {
-        let prefix = prefix.to_string();
-        let after = after.unwrap_or("").to_string();
-        // The range lets SQLite walk the key index instead of the table:
-        // every key that starts with `prefix` sorts at or after it and before
-        // `prefix` + U+10FFFF (the largest code point); `substr` still
-        // decides.
-        let upper = format!("{prefix}\u{10FFFF}");
-        self.with(move |conn, _| {
+    async fn list(&self, query: &ListQuery) -> Result<Page, Error> {
+        let now = self.now();
+        // The range lets SQLite walk the key index: every sort key that
+        // starts with the prefix sorts at or after it and before prefix +
+        // U+10FFFF (the largest code point).
+        let upper = format!("{}\u{10FFFF}", query.prefix);
+        let sql = if query.descending {
+            "SELECT sort, value, version FROM items
+             WHERE partition = ?1 AND sort >= ?2 AND sort < ?3
+               AND (?4 IS NULL OR sort < ?4)
+               AND (expires_at IS NULL OR expires_at > ?5)
+             ORDER BY sort DESC LIMIT ?6"
+        } else {
+            "SELECT sort, value, version FROM items
+             WHERE partition = ?1 AND sort >= ?2 AND sort < ?3
+               AND (?4 IS NULL OR sort > ?4)
+               AND (expires_at IS NULL OR expires_at > ?5)
+             ORDER BY sort LIMIT ?6"
+        };
+        let limit = query.limit.max(1);
+        let mut items = self.with(|conn| {
+            let mut stmt = conn.prepare_cached(sql).map_err(db_error)?;
+            let rows = stmt
+                .query_map(
+                    params![
+                        query.partition,
+                        query.prefix,
+                        upper,
+                        query.after,
+                        now,
+                        limit as i64 + 1
+                    ],
+                    |r| {
+                        Ok(Item {
+                            key: Key::new(query.partition.clone(), r.get::<_, String>(0)?),
+                            value: r.get(1)?,
+                            version: r.get::<_, i64>(2)? as u64,
+                        })
+                    },
+                )
+                .map_err(db_error)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db_error)
+        })?;
+        let next = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|i| i.key.sort.clone())
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+
+    async fn write(&self, writes: Vec<Write>) -> Result<(), Error> {
+        check_batch(&writes, &capabilities())?;
+        let now = self.now();
+        let purge = self.purge_due();
+        let sync = self.options.fsync;
+        self.with(|conn| {
+            let tx = WriteTx::begin(conn, sync)?;
+            apply_writes(&tx, &writes, now)?;
+            if purge {
+                purge_expired(&tx, now)?;
+            }
+            tx.commit()
+        })
+    }
+
+    async fn due(&self, before_ms: u64, limit: usize) -> Result<Vec<Key>, Error> {
+        let now = self.now();
+        self.with(|conn| {
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT key, value, version FROM items
-                     WHERE key >= ?1 AND key > ?2 AND key < ?4
-                       AND substr(key, 1, length(?1)) = ?1
-                     ORDER BY key LIMIT ?3",
+                    "SELECT partition, sort FROM items
+                     WHERE due_at IS NOT NULL AND due_at <= ?1
+                       AND (expires_at IS NULL OR expires_at > ?2)
+                     ORDER BY due_at, rowid LIMIT ?3",
                 )
                 .map_err(db_error)?;
             let rows = stmt
-                .query_map(params![prefix, after, limit as i64, upper], |r| {
-                    Ok(Item {
-                        key: r.get(0)?,
-                        value: r.get(1)?,
-                        version: r.get::<_, i64>(2)? as u64,
-                    })
+                .query_map(params![before_ms as i64, now, limit as i64], |r| {
+                    Ok(Key::new(r.get::<_, String>(0)?, r.get::<_, String>(1)?))
                 })
                 .map_err(db_error)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(db_error)
         })
-        .await
-    }
-
-    async fn write(&self, writes: Vec<Write>) -> Result<Vec<u64>, Error> {
-        self.with(move |conn, _| {
-            let tx = WriteTx::begin(conn)?;
-            let versions = apply_writes(&tx, &writes)?;
-            tx.commit()?;
-            Ok(versions)
-        })
-        .await
     }
 }
 
 #[async_trait]
 impl Queue for SqliteBackend {
-    async fn send(&self, message: Outgoing) -> Result<String, Error> {
-        let ids = self
-            .with(move |conn, _| {
-                let tx = WriteTx::begin(conn)?;
-                let ids = insert_messages(&tx, std::slice::from_ref(&message))?;
-                tx.commit()?;
-                Ok(ids)
-            })
-            .await?;
+    async fn send(&self, message: Outgoing) -> Result<(), Error> {
+        check_messages(std::slice::from_ref(&message), &capabilities())?;
+        let now = self.now();
+        self.with(|conn| {
+            let tx = WriteTx::begin(conn, false)?;
+            insert_messages(&tx, std::slice::from_ref(&message), now)?;
+            tx.commit()
+        })?;
         self.arrived.notify_waiters();
-        Ok(ids.first().map(|id| id.to_string()).unwrap_or_default())
+        Ok(())
     }
 
     async fn receive(
@@ -449,184 +671,120 @@ impl Queue for SqliteBackend {
             let notified = arrived.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let (got, next_due) = self
-                .with(move |conn, options| receive_now(conn, options, max, visibility))
-                .await?;
+            let now = self.now();
+            let (got, next_due) = self.with(|conn| receive_now(conn, now, max, visibility))?;
             if !got.is_empty() {
                 return Ok(got);
             }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
+            let started = tokio::time::Instant::now();
+            if started >= deadline {
                 return Ok(got);
             }
             let mut until = deadline;
             if let Some(due_ms) = next_due {
-                let in_ms = (due_ms - now_ms()).max(0) as u64;
-                until = until.min(now + Duration::from_millis(in_ms));
+                let in_ms = (due_ms - self.now()).max(0) as u64;
+                until = until.min(started + Duration::from_millis(in_ms));
             }
             let _ = tokio::time::timeout_at(until, notified).await;
         }
     }
 
-    async fn ack(&self, receipt: &Receipt) -> Result<(), Error> {
-        let receipt = receipt.clone();
-        self.with(move |conn, _| {
-            let tx = WriteTx::begin(conn)?;
-            ack_in(&tx, &receipt)?;
-            tx.commit()
+    async fn extend(&self, receipt: &Receipt, visibility: Duration) -> Result<(), Error> {
+        let Some((id, nonce)) = parse_receipt(receipt) else {
+            return Ok(());
+        };
+        let visible_at = self.now() + visibility.as_millis() as i64;
+        self.with(|conn| {
+            exec(
+                conn,
+                "UPDATE messages SET visible_at = ?3 WHERE id = ?1 AND receipt = ?2 AND in_flight = 1",
+                params![id, nonce, visible_at],
+            )
+            .map(|_| ())
         })
-        .await
     }
 
-    async fn release(&self, receipt: &Receipt, delay: Duration, error: &str) -> Result<(), Error> {
-        let (id, nonce) = parse_receipt(receipt)?;
-        let error = error.to_string();
-        self.with(move |conn, _| {
-            let n = exec(
+    async fn ack(&self, receipt: &Receipt) -> Result<(), Error> {
+        self.with(|conn| ack_in(conn, receipt))
+    }
+
+    async fn release(&self, receipt: &Receipt, delay: Duration) -> Result<(), Error> {
+        let Some((id, nonce)) = parse_receipt(receipt) else {
+            return Ok(());
+        };
+        let visible_at = self.now() + delay.as_millis() as i64;
+        self.with(|conn| {
+            exec(
                 conn,
-                "UPDATE messages SET visible_at = ?3, in_flight = 0, last_error = ?4
-                     WHERE id = ?1 AND receipt = ?2 AND in_flight = 1",
-                params![id, nonce, now_ms() + delay.as_millis() as i64, error],
-            )?;
-            if n == 1 {
-                Ok(())
-            } else {
-                Err(Error::StaleReceipt {
-                    message: id.to_string(),
-                })
-            }
-        })
-        .await?;
+                "UPDATE messages SET visible_at = ?3, in_flight = 0
+                 WHERE id = ?1 AND receipt = ?2 AND in_flight = 1",
+                params![id, nonce, visible_at],
+            )
+            .map(|_| ())
+        })?;
         self.arrived.notify_waiters();
         Ok(())
     }
 
-    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, Error> {
-        self.with(move |conn, _| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT id, body, receive_count, last_error, dead_at FROM dead_letters
-                     ORDER BY dead_at, id LIMIT ?1",
-                )
-                .map_err(db_error)?;
-            let rows = stmt
-                .query_map(params![limit as i64], |r| {
-                    Ok(DeadLetter {
-                        id: r.get::<_, i64>(0)?.to_string(),
-                        body: r.get(1)?,
-                        receive_count: r.get(2)?,
-                        last_error: r.get(3)?,
-                        dead_at_ms: r.get::<_, i64>(4)? as u64,
-                    })
-                })
-                .map_err(db_error)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(db_error)
-        })
-        .await
-    }
-
-    async fn redrive(&self, id: &str) -> Result<bool, Error> {
-        let Ok(id) = id.parse::<i64>() else {
-            return Ok(false);
-        };
-        let moved = self
-            .with(move |conn, _| {
-                let tx = WriteTx::begin(conn)?;
-                let n = exec(
-                    &tx,
-                    "INSERT INTO messages (body, visible_at)
-                         SELECT body, ?2 FROM dead_letters WHERE id = ?1",
-                    params![id, now_ms()],
-                )?;
-                exec(&tx, "DELETE FROM dead_letters WHERE id = ?1", params![id])?;
-                tx.commit()?;
-                Ok(n == 1)
-            })
-            .await?;
-        if moved {
-            self.arrived.notify_waiters();
-        }
-        Ok(moved)
-    }
-
     async fn depth(&self) -> Result<Depth, Error> {
-        self.with(move |conn, _| {
-            let now = now_ms();
+        let now = self.now();
+        self.with(|conn| {
             query_row(
                 conn,
                 "SELECT
                     (SELECT count(*) FROM messages WHERE in_flight = 0 AND visible_at <= ?1),
                     (SELECT count(*) FROM messages WHERE in_flight = 0 AND visible_at > ?1),
-                    (SELECT count(*) FROM messages WHERE in_flight = 1),
-                    (SELECT count(*) FROM dead_letters)",
+                    (SELECT count(*) FROM messages WHERE in_flight = 1)",
                 params![now],
                 |r| {
                     Ok(Depth {
                         visible: r.get::<_, i64>(0)? as u64,
                         delayed: r.get::<_, i64>(1)? as u64,
                         in_flight: r.get::<_, i64>(2)? as u64,
-                        dead: r.get::<_, i64>(3)? as u64,
                     })
                 },
             )
         })
-        .await
     }
 }
 
-/// Takes up to `max` due messages; dead-letters the ones received too often.
-/// Also returns when the next invisible message becomes due, if any.
+/// Takes up to `max` due messages. Also returns when the next invisible
+/// message becomes due, if any.
 fn receive_now(
     conn: &mut Connection,
-    options: Options,
+    now: i64,
     max: usize,
     visibility: Duration,
 ) -> Result<(Vec<Received>, Option<i64>), Error> {
-    let now = now_ms();
-    let tx = WriteTx::begin(conn)?;
+    let tx = WriteTx::begin(conn, false)?;
     let mut got = Vec::new();
     {
         let mut due = tx
             .prepare_cached(
-                "SELECT id, body, receive_count, last_error FROM messages
+                "SELECT id, body, receive_count, receipt FROM messages
                  WHERE visible_at <= ?1 ORDER BY visible_at, id LIMIT ?2",
             )
             .map_err(db_error)?;
-        let rows: Vec<(i64, Vec<u8>, u32, Option<String>)> = due
-            .query_map(params![now, max as i64], |r| {
+        let rows: Vec<(i64, Vec<u8>, u32, i64)> = due
+            .query_map(params![now, max.max(1) as i64], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })
             .map_err(db_error)?
             .collect::<Result<_, _>>()
             .map_err(db_error)?;
-        for (id, body, count, last_error) in rows {
-            if count >= options.max_receives {
-                exec(
-                    &tx,
-                    "INSERT INTO dead_letters (id, body, receive_count, last_error, dead_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![id, body, count, last_error, now],
-                )?;
-                exec(&tx, "DELETE FROM messages WHERE id = ?1", params![id])?;
-                tracing::warn!(
-                    message = id,
-                    receives = count,
-                    error = last_error.as_deref().unwrap_or(""),
-                    "message dead-lettered"
-                );
-                continue;
-            }
-            let nonce = count as i64 + 1;
-            exec(&tx,
-                "UPDATE messages SET visible_at = ?2, receive_count = ?3, receipt = ?3, in_flight = 1
+        for (id, body, count, receipt) in rows {
+            let (count, nonce) = (count + 1, receipt + 1);
+            exec(
+                &tx,
+                "UPDATE messages SET visible_at = ?2, receive_count = ?3, receipt = ?4, in_flight = 1
                  WHERE id = ?1",
-                params![id, now + visibility.as_millis() as i64, nonce],
+                params![id, now + visibility.as_millis() as i64, count, nonce],
             )?;
             got.push(Received {
                 id: id.to_string(),
                 receipt: Receipt(format!("{id}:{nonce}")),
                 body,
-                receive_count: nonce as u32,
+                receive_count: count,
             });
         }
     }
@@ -642,69 +800,94 @@ fn receive_now(
 }
 
 /// Whether `checkpoint` can be refused after it has written something: a
-/// conditional write that comes after the ack or after another write.
-/// [`apply_checkpoint`] checks a write's precondition just before writing it.
+/// conditional write after another write. ([`apply_writes`] checks each
+/// precondition just before its write; sizes and keys are checked before
+/// the first.)
 fn may_fail_after_writing(checkpoint: &Checkpoint) -> bool {
-    checkpoint.writes.iter().enumerate().any(|(i, w)| {
-        !matches!(w.precondition, Precondition::None) && (i > 0 || checkpoint.ack.is_some())
+    checkpoint.writes.iter().skip(1).any(|w| match w {
+        Write::Put(p) => p.precondition != Precondition::None,
+        Write::Delete { precondition, .. } => *precondition != Precondition::None,
+        Write::Check { .. } => true,
+        Write::Increment { .. } => false,
     })
 }
 
+/// Checks a checkpoint before any of it is applied.
+fn check_checkpoint(checkpoint: &Checkpoint) -> Result<(), Error> {
+    let caps = capabilities();
+    check_batch(&checkpoint.writes, &caps)?;
+    check_messages(&checkpoint.send, &caps)
+}
+
 /// Applies one checkpoint inside an open transaction.
-fn apply_checkpoint(conn: &Connection, checkpoint: &Checkpoint) -> Result<Vec<u64>, Error> {
+fn apply_checkpoint(conn: &Connection, checkpoint: &Checkpoint, now: i64) -> Result<(), Error> {
+    apply_writes(conn, &checkpoint.writes, now)?;
+    insert_messages(conn, &checkpoint.send, now)?;
     if let Some(receipt) = &checkpoint.ack {
         ack_in(conn, receipt)?;
     }
-    let versions = apply_writes(conn, &checkpoint.writes)?;
-    insert_messages(conn, &checkpoint.send)?;
-    Ok(versions)
+    Ok(())
 }
 
 #[async_trait]
 impl Backend for SqliteBackend {
-    async fn checkpoint(&self, checkpoint: Checkpoint) -> Result<Vec<u64>, Error> {
+    fn capabilities(&self) -> Capabilities {
+        capabilities()
+    }
+
+    async fn checkpoint(&self, checkpoint: Checkpoint) -> Result<(), Error> {
+        check_checkpoint(&checkpoint)?;
         let sends = !checkpoint.send.is_empty();
-        let versions = self
-            .with(move |conn, _| {
-                let tx = WriteTx::begin(conn)?;
-                let versions = apply_checkpoint(&tx, &checkpoint)?;
-                tx.commit()?;
-                Ok(versions)
-            })
-            .await?;
+        let now = self.now();
+        let purge = self.purge_due();
+        let sync = checkpoint.sync && self.options.fsync;
+        self.with(|conn| {
+            let tx = WriteTx::begin(conn, sync)?;
+            apply_checkpoint(&tx, &checkpoint, now)?;
+            if purge {
+                purge_expired(&tx, now)?;
+            }
+            tx.commit()
+        })?;
         if sends {
             self.arrived.notify_waiters();
         }
-        Ok(versions)
+        Ok(())
     }
 
     /// One transaction for the whole batch. A checkpoint that could fail
     /// after a write of its own gets a savepoint, and a failing one is
     /// rolled back to it alone; one whose only possible refusal comes before
-    /// its first write (an accepted event: one conditional put) needs none,
-    /// which halves the work per event. A database error fails the whole
-    /// batch. A batch is worth a thread hop: it runs on the blocking pool,
-    /// so the async threads go on serving (the receiver's requests)
+    /// its first write (an accepted event: one conditional put first) needs
+    /// none, which halves the work per event. A database error fails the
+    /// whole batch. A batch is worth a thread hop: it runs on the blocking
+    /// pool, so the async threads go on serving (the receiver's requests)
     /// meanwhile.
-    async fn checkpoint_batch(&self, batch: Vec<Checkpoint>) -> Vec<Result<Vec<u64>, Error>> {
+    async fn checkpoint_batch(&self, batch: Vec<Checkpoint>) -> Vec<Result<(), Error>> {
         let sends = batch.iter().any(|c| !c.send.is_empty());
+        let sync = self.options.fsync && batch.iter().any(|c| c.sync);
         let count = batch.len();
         let conn = self.conn.clone();
+        let now = self.now();
         let outcome = tokio::task::spawn_blocking(move || {
             let conn = conn
                 .lock()
-                .map_err(|_| Error::Unavailable("the database lock is poisoned".into()))?;
-            let tx = WriteTx::begin(&conn)?;
+                .map_err(|_| Error::unavailable("the database lock is poisoned"))?;
+            let tx = WriteTx::begin(&conn, sync)?;
             let mut results = Vec::with_capacity(batch.len());
             for checkpoint in &batch {
+                if let Err(e) = check_checkpoint(checkpoint) {
+                    results.push(Err(e));
+                    continue;
+                }
                 let savepoint = may_fail_after_writing(checkpoint);
                 if savepoint {
                     exec(&tx, "SAVEPOINT one", [])?;
                 }
-                let result = apply_checkpoint(&tx, checkpoint);
+                let result = apply_checkpoint(&tx, checkpoint, now);
                 match &result {
                     // Without a savepoint, a refusal came before any write.
-                    Err(Error::Conflict { .. } | Error::StaleReceipt { .. }) => {
+                    Err(Error::Conflict { .. }) => {
                         if savepoint {
                             exec(&tx, "ROLLBACK TO one", [])?;
                         }
@@ -722,7 +905,7 @@ impl Backend for SqliteBackend {
             Ok(results)
         })
         .await
-        .unwrap_or_else(|e| Err(Error::Unavailable(format!("the commit thread failed: {e}"))));
+        .unwrap_or_else(|e| Err(Error::unavailable(format!("the commit thread failed: {e}"))));
         match outcome {
             Ok(results) => {
                 if sends {

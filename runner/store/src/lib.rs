@@ -1,27 +1,58 @@
 //! Durable state and queue, behind traits so the engine runs the same on the
-//! embedded SQLite backend and on the distributed DynamoDB + SQS one.
+//! embedded SQLite backend and on a distributed one (DynamoDB + SQS).
 //!
-//! - [`Store`]: versioned items; every write carries a [`Precondition`].
-//! - [`Queue`]: SQS-like: delayed send, receive with a visibility timeout,
-//!   receive counts, ack, and dead-letter after N receives.
-//! - [`Backend`]: both, plus [`Backend::checkpoint`], which applies state
-//!   writes, sends follow-ups and acks the message being handled. The
-//!   embedded backend does it in one transaction; a backend without
-//!   cross-service transactions applies the parts in order (writes, sends,
-//!   ack), and correctness then rests on conditional writes and idempotency
-//!   keys.
+//! The contract is written for the weaker of the two:
+//!
+//! - [`Store`]: versioned items under a partition and a sort key. Reads are
+//!   strongly consistent; [`Store::list`] reads one partition in sort order;
+//!   every write carries a [`Precondition`]; a batch of writes applies whole
+//!   or not at all; items may expire ([`Put::expires_at_ms`]) and may ask to
+//!   be looked at later ([`Put::due_at_ms`], read back with [`Store::due`]).
+//! - [`Queue`]: at-least-once messages with a not-before time, a visibility
+//!   timeout that a consumer extends while it works, and receive counts. An
+//!   ack is best effort; depth may be approximate.
+//! - [`Backend`]: both, plus [`Backend::checkpoint`], which applies writes,
+//!   then sends, then acks. Only a backend whose [`Capabilities`] say
+//!   `atomic_checkpoint` does all three at once: on any other, a crash may
+//!   apply the writes and lose the sends, so whatever a checkpoint sends
+//!   must be recoverable from what it writes.
+//!
+//! [`conformance_tests!`] runs one test per property of this contract
+//! against a backend, gated on its [`Capabilities`] where a property is
+//! backend-specific.
 
-mod conformance;
+#[doc(hidden)]
+pub mod conformance;
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-#[doc(hidden)]
-pub use conformance::suite as __conformance_suite;
+/// Where time comes from: Unix milliseconds. Every timestamp in the store
+/// and the queue is kept in it; tests give a clock they move themselves.
+pub trait Clock: Send + Sync {
+    /// Now, in Unix milliseconds.
+    fn now_ms(&self) -> u64;
+}
 
-/// Unix time in milliseconds: the clock every timestamp in the store and
-/// the queue is kept in.
+/// The system's wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        now_ms()
+    }
+}
+
+/// The system clock as a shared [`Clock`].
+pub fn system_clock() -> Arc<dyn Clock> {
+    Arc::new(SystemClock)
+}
+
+/// Unix time in milliseconds, from the system clock.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -30,36 +61,95 @@ pub fn now_ms() -> u64 {
 }
 
 /// What a store or queue operation can fail with.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// A precondition did not hold: the item changed since it was read, or
-    /// exists when it should not. Nothing was written.
+    /// exists when it should not. Nothing of the batch was written.
     #[error("conflict on `{key}`: {expected}")]
     Conflict {
         /// The item.
-        key: String,
+        key: Key,
         /// What the precondition expected.
         expected: String,
     },
-    /// The receipt no longer owns the message: its visibility timed out and
-    /// another consumer may have it, or it was acked already.
-    #[error("stale receipt for message {message}")]
-    StaleReceipt {
-        /// The message id.
-        message: String,
+    /// An item, a batch or a message is larger than the backend takes (see
+    /// [`Capabilities`]). Nothing was written; the same request will never
+    /// succeed.
+    #[error("`{what}` is {size} bytes, over the limit of {limit}")]
+    TooLarge {
+        /// The item key, `batch` or `message`.
+        what: String,
+        /// Its size in bytes.
+        size: usize,
+        /// The limit.
+        limit: usize,
     },
-    /// The backend failed (I/O, network, busy); trying again may work.
-    #[error("backend unavailable: {0}")]
-    Unavailable(String),
+    /// The request is malformed (two writes to one key in a batch, an empty
+    /// key part); the same request will never succeed.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The backend failed (I/O, network, throttling); trying again may work.
+    /// `maybe_applied`: the request may have taken effect all the same (a
+    /// timeout after it was sent).
+    #[error("backend unavailable: {message}")]
+    Unavailable {
+        /// What failed.
+        message: String,
+        /// Whether the request may have been applied.
+        maybe_applied: bool,
+    },
     /// Stored data cannot be read; trying again will not help.
     #[error("corrupt data: {0}")]
     Corrupt(String),
 }
 
 impl Error {
+    /// A failure before anything was sent to the backend.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Error::Unavailable {
+            message: message.into(),
+            maybe_applied: false,
+        }
+    }
+
     /// Whether trying the same operation again may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Unavailable(_))
+        matches!(self, Error::Unavailable { .. })
+    }
+}
+
+/// An item's key: a partition and a sort key within it. [`Store::list`]
+/// reads one partition in sort-key order, so keys that are listed together
+/// share a partition. Neither part may be empty.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key {
+    /// The partition.
+    pub partition: String,
+    /// The sort key within it.
+    pub sort: String,
+}
+
+impl Key {
+    /// The key `sort` in `partition`.
+    pub fn new(partition: impl Into<String>, sort: impl Into<String>) -> Self {
+        Key {
+            partition: partition.into(),
+            sort: sort.into(),
+        }
+    }
+
+    /// Checks that neither part is empty.
+    pub fn check(&self) -> Result<(), Error> {
+        if self.partition.is_empty() || self.sort.is_empty() {
+            return Err(Error::Invalid(format!("key `{self}` has an empty part")));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}#{}", self.partition, self.sort)
     }
 }
 
@@ -67,10 +157,10 @@ impl Error {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Item {
     /// Its key.
-    pub key: String,
+    pub key: Key,
     /// Its value, opaque to the store.
     pub value: Vec<u8>,
-    /// Starts at 1 and grows by 1 on every write.
+    /// 1 when created, then one more on every write.
     pub version: u64,
 }
 
@@ -79,41 +169,159 @@ pub struct Item {
 pub enum Precondition {
     /// None: the write always applies.
     None,
-    /// The item must not exist.
+    /// The item must not exist (an expired item does not exist).
     DoesNotExist,
     /// The item must exist at exactly this version.
     MatchesVersion(u64),
 }
 
+/// Puts an item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Put {
+    /// The item.
+    pub key: Key,
+    /// The new value.
+    pub value: Vec<u8>,
+    /// What must hold for the batch to apply.
+    pub precondition: Precondition,
+    /// When set, the item is gone from this time on: reads stop seeing it at
+    /// once, and the backend deletes it later (DynamoDB's TTL).
+    pub expires_at_ms: Option<u64>,
+    /// When set, [`Store::due`] lists the item from this time on.
+    pub due_at_ms: Option<u64>,
+}
+
 /// One write of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Write {
-    /// The item.
-    pub key: String,
-    /// The new value; `None` deletes the item.
-    pub value: Option<Vec<u8>>,
-    /// What must hold for the whole batch to apply.
-    pub precondition: Precondition,
+pub enum Write {
+    /// Puts an item; its version becomes one more than before (1 if new).
+    Put(Put),
+    /// Deletes an item (nothing happens when it does not exist, unless the
+    /// precondition says it must).
+    Delete {
+        /// The item.
+        key: Key,
+        /// What must hold for the batch to apply.
+        precondition: Precondition,
+    },
+    /// Writes nothing, but the batch applies only if the item is at
+    /// `version`: for an item the batch read and relies on without changing
+    /// it (DynamoDB's `ConditionCheck`).
+    Check {
+        /// The item.
+        key: Key,
+        /// The version it must have.
+        version: u64,
+    },
+    /// Adds `delta` to a counter item (created at 0), whatever its version:
+    /// a value read back with [`decode_counter`].
+    Increment {
+        /// The counter.
+        key: Key,
+        /// What to add.
+        delta: i64,
+    },
 }
 
 impl Write {
     /// Puts `value` at `key` if `precondition` holds.
-    pub fn put(key: impl Into<String>, value: Vec<u8>, precondition: Precondition) -> Self {
-        Write {
-            key: key.into(),
-            value: Some(value),
+    pub fn put(key: Key, value: Vec<u8>, precondition: Precondition) -> Self {
+        Write::Put(Put {
+            key,
+            value,
             precondition,
-        }
+            expires_at_ms: None,
+            due_at_ms: None,
+        })
     }
 
     /// Deletes `key` if `precondition` holds.
-    pub fn delete(key: impl Into<String>, precondition: Precondition) -> Self {
-        Write {
-            key: key.into(),
-            value: None,
-            precondition,
+    pub fn delete(key: Key, precondition: Precondition) -> Self {
+        Write::Delete { key, precondition }
+    }
+
+    /// The key written.
+    pub fn key(&self) -> &Key {
+        match self {
+            Write::Put(p) => &p.key,
+            Write::Delete { key, .. } | Write::Check { key, .. } | Write::Increment { key, .. } => {
+                key
+            }
         }
     }
+
+    /// Bytes this write adds to a batch: its key and value.
+    pub fn size(&self) -> usize {
+        let key = self.key();
+        let value = match self {
+            Write::Put(p) => p.value.len(),
+            _ => 8,
+        };
+        key.partition.len() + key.sort.len() + value
+    }
+}
+
+/// A counter item's value as an integer (0 when absent or unreadable).
+pub fn decode_counter(value: &[u8]) -> i64 {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// What to list: one partition, in sort-key order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListQuery {
+    /// The partition.
+    pub partition: String,
+    /// Only sort keys that start with this.
+    pub prefix: String,
+    /// Start after this sort key (a page's [`Page::next`]).
+    pub after: Option<String>,
+    /// At most this many items.
+    pub limit: usize,
+    /// Largest sort key first.
+    pub descending: bool,
+}
+
+impl ListQuery {
+    /// The first `limit` items of `partition`, smallest sort key first.
+    pub fn partition(partition: impl Into<String>, limit: usize) -> Self {
+        ListQuery {
+            partition: partition.into(),
+            prefix: String::new(),
+            after: None,
+            limit,
+            descending: false,
+        }
+    }
+
+    /// Only sort keys starting with `prefix`.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Starting after sort key `after`.
+    pub fn after(mut self, after: Option<String>) -> Self {
+        self.after = after;
+        self
+    }
+
+    /// Largest sort key first.
+    pub fn descending(mut self) -> Self {
+        self.descending = true;
+        self
+    }
+}
+
+/// One page of a list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Page {
+    /// The items, in the order asked.
+    pub items: Vec<Item>,
+    /// Where the next page starts, when there may be one.
+    pub next: Option<String>,
 }
 
 /// A message to send.
@@ -121,8 +329,11 @@ impl Write {
 pub struct Outgoing {
     /// The body, opaque to the queue.
     pub body: Vec<u8>,
-    /// How long it stays invisible after sending.
-    pub delay: Duration,
+    /// Not received before this Unix ms time (0: at once). A queue delivers
+    /// it no earlier than this rounded up to its delay granularity, or than
+    /// `now + max_delay` when that comes first ([`Capabilities::max_delay`]):
+    /// a consumer that needs a later time sends it again.
+    pub not_before_ms: u64,
 }
 
 impl Outgoing {
@@ -130,17 +341,20 @@ impl Outgoing {
     pub fn now(body: Vec<u8>) -> Self {
         Outgoing {
             body,
-            delay: Duration::ZERO,
+            not_before_ms: 0,
         }
     }
 
-    /// A message visible after `delay`: a timer.
-    pub fn after(body: Vec<u8>, delay: Duration) -> Self {
-        Outgoing { body, delay }
+    /// A message not visible before `not_before_ms`: a timer.
+    pub fn at(body: Vec<u8>, not_before_ms: u64) -> Self {
+        Outgoing {
+            body,
+            not_before_ms,
+        }
     }
 }
 
-/// Proof of one receive of one message; acking or releasing needs it.
+/// Proof of one receive of one message.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Receipt(pub String);
 
@@ -153,82 +367,103 @@ pub struct Received {
     pub receipt: Receipt,
     /// The body as sent.
     pub body: Vec<u8>,
-    /// 1 on the first receive, then 2, 3, ...
+    /// 1 on the first receive, then 2, 3, ... (a backend may leave out
+    /// receives that ended because its own process stopped).
     pub receive_count: u32,
 }
 
-/// A message that was received too many times.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetter {
-    /// The message id.
-    pub id: String,
-    /// The body as sent.
-    pub body: Vec<u8>,
-    /// How many times it was received.
-    pub receive_count: u32,
-    /// The last error reported for it, if any.
-    pub last_error: Option<String>,
-    /// When it was dead-lettered, in Unix milliseconds.
-    pub dead_at_ms: u64,
-}
-
-/// How many messages are where.
+/// How many messages are where; approximate unless
+/// [`Capabilities::exact_depth`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Depth {
     /// Ready to be received.
     pub visible: u64,
-    /// Sent with a delay, or released for later: timers.
+    /// Not visible before a later time: timers and retries.
     pub delayed: u64,
     /// Received and not yet acked.
     pub in_flight: u64,
-    /// In the dead-letter list.
-    pub dead: u64,
 }
 
-/// Everything a handled message changes, applied together.
+/// What a backend promises, read by the engine instead of assumed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capabilities {
+    /// A checkpoint's writes, sends and ack apply together or not at all.
+    pub atomic_checkpoint: bool,
+    /// Only one process uses the backend (the embedded one locks its data
+    /// dir), so nothing of another process needs keeping out.
+    pub single_process: bool,
+    /// [`Queue::depth`] is exact.
+    pub exact_depth: bool,
+    /// The largest item, key and value.
+    pub max_item_bytes: usize,
+    /// Most writes in one batch or checkpoint.
+    pub max_batch_items: usize,
+    /// Most bytes in one batch or checkpoint.
+    pub max_batch_bytes: usize,
+    /// The largest message body.
+    pub max_message_bytes: usize,
+    /// The longest a message can be held back by its not-before time;
+    /// `None`: any time.
+    pub max_delay: Option<Duration>,
+    /// Delays are rounded up to this.
+    pub delay_granularity: Duration,
+    /// The longest visibility a receive or an extension may ask for.
+    pub max_visibility: Duration,
+}
+
+/// Everything a handled message changes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Checkpoint {
-    /// State writes; if any precondition fails nothing of the checkpoint
-    /// applies.
+    /// Makes a retried checkpoint idempotent on backends that support it
+    /// (DynamoDB's `ClientRequestToken`); may be empty.
+    pub token: String,
+    /// State writes, all or none; keys are distinct.
     pub writes: Vec<Write>,
-    /// Follow-up messages.
+    /// Follow-up messages, sent after the writes applied.
     pub send: Vec<Outgoing>,
-    /// The message being handled, acked by the checkpoint.
+    /// The message being handled, acked last (best effort).
     pub ack: Option<Receipt>,
+    /// The checkpoint records something from outside that was or will be
+    /// answered as accepted (a webhook, a person's decision): it must
+    /// survive a power loss before this returns. Other checkpoints may be
+    /// made durable later, in order, by the next one that is.
+    pub sync: bool,
 }
 
 /// Versioned key/value state.
 #[async_trait]
 pub trait Store: Send + Sync {
-    /// The item at `key`, or `None`.
-    async fn get(&self, key: &str) -> Result<Option<Item>, Error>;
+    /// The item at `key`, or `None` (also when it expired). Sees every
+    /// write that returned `Ok` before the call.
+    async fn get(&self, key: &Key) -> Result<Option<Item>, Error>;
 
-    /// Items whose key starts with `prefix`, in key order, starting after
-    /// `after` when given, at most `limit` of them.
-    async fn list(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<Item>, Error>;
+    /// One page of `query.partition`'s items in sort-key order, expired
+    /// items left out. Sees every write to the partition that returned `Ok`
+    /// before the call. `next` is set when more items may follow.
+    async fn list(&self, query: &ListQuery) -> Result<Page, Error>;
 
-    /// Applies all `writes` or none: if any precondition fails, returns
-    /// [`Error::Conflict`] naming that key and writes nothing. Returns the new
-    /// version of each written item, in order (0 for a delete).
-    async fn write(&self, writes: Vec<Write>) -> Result<Vec<u64>, Error>;
+    /// Applies all `writes` or none. A failed precondition is
+    /// [`Error::Conflict`] naming that key; an item, or the batch, over
+    /// [`Capabilities`]' limits is [`Error::TooLarge`]; two writes to one
+    /// key is [`Error::Invalid`]. Nothing is written on any error.
+    async fn write(&self, writes: Vec<Write>) -> Result<(), Error>;
+
+    /// Keys of items whose [`Put::due_at_ms`] is at or before `before_ms`,
+    /// earliest first, at most `limit`. May lag behind recent writes (a
+    /// secondary index); read the item before acting on it.
+    async fn due(&self, before_ms: u64, limit: usize) -> Result<Vec<Key>, Error>;
 }
 
-/// An SQS-like queue.
+/// An at-least-once queue: a message may arrive twice, late, or in another
+/// order than sent.
 #[async_trait]
 pub trait Queue: Send + Sync {
-    /// Sends a message; returns its id.
-    async fn send(&self, message: Outgoing) -> Result<String, Error>;
+    /// Sends a message.
+    async fn send(&self, message: Outgoing) -> Result<(), Error>;
 
-    /// Receives up to `max` visible messages, hiding each for `visibility`.
-    /// Waits up to `wait` for one to become visible (long polling); returns
-    /// an empty list when none did. A message already received as many
-    /// times as the queue's dead-letter threshold moves to the dead-letter
-    /// list instead of being returned.
+    /// Receives up to `max` visible messages (a backend may return fewer,
+    /// SQS at most 10), hiding each for `visibility`. Waits up to `wait` for
+    /// one to become visible; returns an empty list when none did.
     async fn receive(
         &self,
         max: usize,
@@ -236,41 +471,43 @@ pub trait Queue: Send + Sync {
         wait: Duration,
     ) -> Result<Vec<Received>, Error>;
 
-    /// Deletes a received message. [`Error::StaleReceipt`] when the receipt
-    /// no longer owns it.
+    /// Keeps a received message hidden for `visibility` from now, while its
+    /// consumer still works on it. Best effort: a receipt that no longer
+    /// owns the message changes nothing and is not an error.
+    async fn extend(&self, receipt: &Receipt, visibility: Duration) -> Result<(), Error>;
+
+    /// Deletes a received message. Best effort: `Ok` does not prove the
+    /// message is gone (a stale receipt may delete nothing), and a deleted
+    /// message may still be received again.
     async fn ack(&self, receipt: &Receipt) -> Result<(), Error>;
 
-    /// Gives a received message back, visible again after `delay`, recording
-    /// `error` as the reason it was not handled. [`Error::StaleReceipt`] when
-    /// the receipt no longer owns it.
-    async fn release(&self, receipt: &Receipt, delay: Duration, error: &str) -> Result<(), Error>;
+    /// Makes a received message visible again `delay` from now. Best effort,
+    /// like [`Queue::ack`].
+    async fn release(&self, receipt: &Receipt, delay: Duration) -> Result<(), Error>;
 
-    /// The dead-letter list, oldest first, at most `limit` entries.
-    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, Error>;
-
-    /// Moves dead letter `id` back to the queue with a receive count of 0.
-    /// Returns false when there is no such dead letter.
-    async fn redrive(&self, id: &str) -> Result<bool, Error>;
-
-    /// Counts messages by where they are.
+    /// Counts messages by where they are; approximate unless the backend's
+    /// capabilities say `exact_depth`.
     async fn depth(&self) -> Result<Depth, Error>;
 }
 
-/// A store and a queue that can checkpoint together.
+/// A store and a queue that checkpoint together.
 #[async_trait]
 pub trait Backend: Store + Queue {
-    /// Applies `checkpoint`: its writes (all or none), then its sends, then
-    /// its ack. If a precondition fails or the ack's receipt is stale,
-    /// returns the error; on the embedded backend nothing then applies. Returns
-    /// the new versions of the writes, in order.
-    async fn checkpoint(&self, checkpoint: Checkpoint) -> Result<Vec<u64>, Error>;
+    /// What this backend promises.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Applies `checkpoint`: its writes (all or none, as [`Store::write`]),
+    /// then its sends, then its ack (best effort). When the writes are
+    /// refused, nothing is sent or acked. Unless
+    /// [`Capabilities::atomic_checkpoint`], an error after the writes may
+    /// leave them applied and the sends lost.
+    async fn checkpoint(&self, checkpoint: Checkpoint) -> Result<(), Error>;
 
     /// Applies independent checkpoints, each as [`Backend::checkpoint`]
-    /// would: one refused (a conflict, a stale receipt) leaves the others
-    /// applied, and nothing of its own; a backend failure may fail them
-    /// all. Returns each one's result, in order. A backend may commit them together (the embedded
-    /// one does, in one transaction); the default applies them one by one.
-    async fn checkpoint_batch(&self, batch: Vec<Checkpoint>) -> Vec<Result<Vec<u64>, Error>> {
+    /// would: one refused leaves the others applied; a backend failure may
+    /// fail them all. Returns each one's result, in order. A backend may
+    /// commit them together (the embedded one does, in one transaction).
+    async fn checkpoint_batch(&self, batch: Vec<Checkpoint>) -> Vec<Result<(), Error>> {
         let mut results = Vec::with_capacity(batch.len());
         for checkpoint in batch {
             results.push(self.checkpoint(checkpoint).await);
@@ -279,15 +516,81 @@ pub trait Backend: Store + Queue {
     }
 }
 
+/// Checks a batch against `caps`: distinct keys with no empty part, each
+/// item and the whole batch within the size limits.
+pub fn check_batch(writes: &[Write], caps: &Capabilities) -> Result<(), Error> {
+    if writes.len() > caps.max_batch_items {
+        return Err(Error::TooLarge {
+            what: "batch".into(),
+            size: writes.len(),
+            limit: caps.max_batch_items,
+        });
+    }
+    let mut keys = std::collections::HashSet::with_capacity(writes.len());
+    let mut total = 0;
+    for write in writes {
+        let key = write.key();
+        key.check()?;
+        if !keys.insert(key) {
+            return Err(Error::Invalid(format!(
+                "two writes to `{key}` in one batch"
+            )));
+        }
+        let size = write.size();
+        if size > caps.max_item_bytes {
+            return Err(Error::TooLarge {
+                what: key.to_string(),
+                size,
+                limit: caps.max_item_bytes,
+            });
+        }
+        total += size;
+    }
+    if total > caps.max_batch_bytes {
+        return Err(Error::TooLarge {
+            what: "batch".into(),
+            size: total,
+            limit: caps.max_batch_bytes,
+        });
+    }
+    Ok(())
+}
+
 /// Runs the conformance suite against a backend: one `#[tokio::test]` per
-/// property. `$make` is an async expression giving `Arc<dyn Backend>` for a
-/// fresh, empty backend whose queue dead-letters after 3 receives.
+/// property. `$make` is an expression giving a future of a fresh, empty
+/// `Arc<dyn Backend>` (an `async { ... }` block).
 #[macro_export]
 macro_rules! conformance_tests {
     ($make:expr) => {
-        #[tokio::test]
-        async fn conformance() {
-            $crate::__conformance_suite(|| async { $make }).await;
-        }
+        $crate::conformance_tests!(@each $make;
+            versions_grow_and_preconditions_hold,
+            batches_are_all_or_nothing,
+            a_batch_may_not_write_one_key_twice,
+            checks_write_nothing_but_guard_the_batch,
+            counters_add_whatever_the_version,
+            lists_read_one_partition_in_sort_order_by_pages,
+            reads_see_every_acknowledged_write,
+            items_over_the_size_limit_are_refused,
+            expired_items_are_gone_for_reads,
+            due_lists_items_whose_time_came,
+            delayed_messages_wait,
+            long_delays_are_cut_to_the_queue_maximum,
+            visibility_hides_and_returns,
+            extend_keeps_a_message_hidden,
+            release_returns_a_message_after_its_delay,
+            acks_are_best_effort,
+            checkpoints_apply_writes_sends_and_ack,
+            a_refused_checkpoint_sends_and_acks_nothing,
+            batched_checkpoints_are_independent,
+            depth_is_exact_where_promised
+        );
+    };
+    (@each $make:expr; $($property:ident),+) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $property() {
+                $crate::conformance::$property($make.await).await;
+            }
+        )+
     };
 }

@@ -1,13 +1,89 @@
-//! What people do to runs and environments: approve, reject, release.
+//! What people do: approve, reject, release a hold. Each is a read, a pure
+//! check, and one durable checkpoint that also wakes what it unblocks; on a
+//! lost race it reads again.
 
-use super::*;
+use std::future::Future;
+
+use gantry_store::{Checkpoint, Precondition, Put, Write};
+use serde::{Deserialize, Serialize};
+
+use super::advance::Cx;
+use super::approval::check_decision;
+use super::checkpoint::Tx;
+use super::{Engine, decode, encode};
+use crate::bounded::{self, cap};
+use crate::error::Refusal;
+use crate::model::*;
+
+/// Tries a person's change this many times when the item keeps changing.
+const ATTEMPTS: usize = 8;
+
+/// A decision recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decided {
+    /// The run.
+    pub run: String,
+    /// The environment.
+    pub environment: String,
+    /// Who decided.
+    pub by: String,
+    /// `approve` or `reject`.
+    pub decision: String,
+    /// Approvals so far.
+    pub approvals: u32,
+    /// Approvals needed.
+    pub required: u32,
+    /// Approvals still needed.
+    pub still_needed: u32,
+}
+
+/// A hold cleared.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Released {
+    /// The pipeline.
+    pub pipeline: String,
+    /// The environment.
+    pub environment: String,
+    /// Always true.
+    pub released: bool,
+    /// The run whose rollback held it.
+    pub was_held_by: String,
+    /// Why it was held.
+    pub reason: String,
+}
+
+/// Runs `attempt` until it is not refused by a lost race, at most
+/// [`ATTEMPTS`] times.
+async fn retrying<T, F, Fut>(what: &str, mut attempt: F) -> Result<T, Refusal>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>, Refusal>>,
+{
+    for _ in 0..ATTEMPTS {
+        if let Some(done) = attempt().await? {
+            return Ok(done);
+        }
+    }
+    Err(Refusal::Unavailable(format!(
+        "{what} kept changing; try again"
+    )))
+}
+
+/// Commits a person's change, durably; `Ok(false)` when an item changed
+/// since it was read.
+async fn commit(engine: &Engine, checkpoint: Checkpoint) -> Result<bool, Refusal> {
+    match engine.backend.checkpoint(checkpoint).await {
+        Ok(()) => Ok(true),
+        Err(gantry_store::Error::Conflict { .. }) => Ok(false),
+        Err(e) => Err(Refusal::Unavailable(e.to_string())),
+    }
+}
 
 impl Engine {
     /// Records an approval (`approve`) or a rejection by `user` for the
-    /// approval step `run` waits at in `environment`. Refuses users not on
-    /// the allow-list, the commit's author or merger (unless the step allows
-    /// self-approval), a second decision by the same user, and an empty
-    /// reason. `token`, when given, must match the step's approval token.
+    /// approval step `run_id` waits at in `environment` (see
+    /// [`check_decision`] for who may), as evidence, and wakes the run when
+    /// it decides the step. `token`, when given, must be the step's.
     pub async fn decide(
         &self,
         run_id: &str,
@@ -16,149 +92,127 @@ impl Engine {
         approve: bool,
         reason: &str,
         token: Option<&str>,
-    ) -> Result<serde_json::Value, DecideError> {
+    ) -> Result<Decided, Refusal> {
         if reason.trim().is_empty() {
-            return Err(DecideError::new(400, "a reason is required"));
+            return Err(Refusal::Invalid("a reason is required".into()));
         }
-        if user.trim().is_empty() {
-            return Err(DecideError::new(400, "the approver's name is required"));
+        if user.trim().is_empty() || user.len() > MAX_USER {
+            return Err(Refusal::Invalid(format!(
+                "the approver's name must be 1 to {MAX_USER} bytes"
+            )));
         }
-        for _ in 0..8 {
-            let key = run_key(run_id);
-            let item = self
-                .backend
-                .get(&key)
-                .await
-                .map_err(|e| DecideError::new(503, e.to_string()))?
-                .ok_or_else(|| DecideError::new(404, format!("no run {run_id}")))?;
-            let mut run: Run = serde_json::from_slice(&item.value)
-                .map_err(|e| DecideError::new(503, format!("cannot read run {run_id}: {e}")))?;
-            let pipeline = self
-                .pipeline(&run.pipeline)
-                .map_err(|e| DecideError::new(503, e.message))?;
-            let stage = run
-                .stage()
-                .ok_or_else(|| DecideError::new(409, "the run has no current stage"))?;
-            if run.status.is_terminal() {
-                return Err(DecideError::new(
-                    409,
-                    format!("run {run_id} is {}", run.status.name()),
-                ));
-            }
-            if stage.environment != environment {
-                return Err(DecideError::new(
-                    409,
-                    format!(
-                        "run {run_id} is not at {environment}; it is at {}",
-                        stage.environment
-                    ),
-                ));
-            }
-            let env = pipeline
-                .environment(environment)
-                .ok_or_else(|| DecideError::new(404, format!("no environment {environment}")))?;
-            let spec = env.steps.get(stage.cursor).and_then(|s| match &s.kind {
-                StepKind::Approval(a) => Some(a.clone()),
-                _ => None,
-            });
-            let st = stage.steps.get(stage.cursor);
-            let (Some(spec), Some(st)) = (spec, st) else {
-                return Err(DecideError::new(
-                    409,
-                    format!("run {run_id} is not waiting for approval in {environment}"),
-                ));
-            };
-            if st.status != StepStatus::Waiting {
-                return Err(DecideError::new(
-                    409,
-                    format!("run {run_id} is not waiting for approval in {environment} yet"),
-                ));
-            }
-            if let Some(token) = token
-                && st.token.as_deref() != Some(token)
-            {
-                return Err(DecideError::new(403, "the approval token does not match"));
-            }
-            if !spec.approvers.iter().any(|a| a == user) {
-                return Err(DecideError::new(
-                    403,
-                    format!(
-                        "{user} may not approve {environment}; approvers: {}",
-                        spec.approvers.join(", ")
-                    ),
-                ));
-            }
-            if !spec.allow_self_approval && run.event.involved().iter().any(|u| u == user) {
-                return Err(DecideError::new(
-                    403,
-                    format!("{user} wrote or merged this change and may not approve it"),
-                ));
-            }
-            if st.decisions.iter().any(|d| d.by == user) {
-                return Err(DecideError::new(
-                    409,
-                    format!("{user} has already decided on this run"),
-                ));
-            }
-            let step_name = st.name.clone();
-            let now = now_ms();
-            let cursor = stage.cursor;
-            let current = run.current;
-            let st = &mut run.stages[current].steps[cursor];
-            st.decisions.push(Decision {
+        retrying("the run", || {
+            self.try_decide(run_id, environment, user, approve, reason, token)
+        })
+        .await
+    }
+
+    async fn try_decide(
+        &self,
+        run_id: &str,
+        environment: &str,
+        user: &str,
+        approve: bool,
+        reason: &str,
+        token: Option<&str>,
+    ) -> Result<Option<Decided>, Refusal> {
+        let key = run_key(run_id);
+        let item = self
+            .backend
+            .get(&key)
+            .await?
+            .ok_or_else(|| Refusal::NotFound(format!("no run {run_id}")))?;
+        let mut run: Run = decode(&key, &item.value)?;
+        let def = self
+            .definition(&run.pipeline, &run.pipeline_version)
+            .await?;
+        let approvable = check_decision(&run, &def, environment, user, token)?;
+        let reason = cap(reason, bounded::DECISION, "decision reason", run_id);
+        let now = self.now();
+        let current = run.current;
+        let decisions = {
+            let progress = run
+                .stages
+                .get_mut(current)
+                .and_then(|s| s.steps.get_mut(approvable.cursor))
+                .and_then(|st| st.approval.as_mut())
+                .ok_or_else(|| {
+                    Refusal::Conflict(format!("run {run_id} is not waiting for approval"))
+                })?;
+            progress.decisions.push(Decision {
                 by: user.to_string(),
                 approve,
-                reason: reason.to_string(),
+                reason: reason.clone(),
                 at_ms: now,
             });
-            let approvals = st.decisions.iter().filter(|d| d.approve).count() as u32;
-            let mut tx = Tx::default();
-            let evidence = self
-                .evidence(
-                    &mut tx,
-                    &run.pipeline,
-                    &run.artifact.commit_sha,
-                    environment,
-                )
-                .await
-                .map_err(|e| DecideError::new(503, e.message))?;
-            evidence.entries.push(EvidenceEntry {
-                at_ms: now,
-                run: run.id.clone(),
-                step: step_name,
-                kind: if approve { "approval" } else { "rejection" }.into(),
-                summary: format!(
-                    "{} by {user}: {reason}",
-                    if approve { "approved" } else { "rejected" }
-                ),
-                observations: vec![],
-                by: Some(user.to_string()),
-            });
-            let decided = !approve || approvals >= spec.required;
-            if decided {
-                Self::send_next(&mut run, &mut tx);
-            } else {
-                run.reason = Some(approval_reason(environment, approvals, &spec));
-            }
-            run.updated_ms = now;
-            let run_write = Write::put(
-                key,
-                encode(&run),
-                Precondition::MatchesVersion(item.version),
-            );
-            if self.commit(tx.take_checkpoint(run_write, None)).await? {
-                return Ok(serde_json::json!({
-                    "run": run_id,
-                    "environment": environment,
-                    "by": user,
-                    "decision": if approve { "approve" } else { "reject" },
-                    "approvals": approvals,
-                    "required": spec.required,
-                    "still_needed": spec.required.saturating_sub(approvals),
-                }));
-            }
+            progress.decisions.clone()
+        };
+        let approvals = decisions.iter().filter(|d| d.approve).count() as u32;
+        let required = approvable.spec.required;
+        let mut version = item.version;
+        let mut tx = Tx::default();
+        let step = approvable
+            .spec
+            .name
+            .clone()
+            .unwrap_or_else(|| "approval".into());
+        let step = run
+            .stages
+            .get(current)
+            .and_then(|s| s.steps.get(approvable.cursor))
+            .map_or(step, |st| st.name.clone());
+        let mut written = run.status;
+        let mut cx = Cx {
+            run: &mut run,
+            version: &mut version,
+            tx: &mut tx,
+            def: &def,
+            written: &mut written,
+        };
+        let verb = if approve { "approved" } else { "rejected" };
+        let kind = if approve { "approval" } else { "rejection" };
+        let summary = format!("{verb} by {user}: {reason}");
+        self.record(
+            &mut cx,
+            environment,
+            &step,
+            kind,
+            &summary,
+            vec![],
+            Some(user.to_string()),
+        );
+        let decides = !approve || approvals >= required;
+        let due_at = if decides {
+            self.wake_now(&mut run, &mut tx)
+        } else {
+            run.reason = Some(cap(
+                &super::approval::waiting_for(environment, approvals, &approvable.spec),
+                bounded::LINE,
+                "reason",
+                run_id,
+            ));
+            self.due_at(&run)
+        };
+        run.updated_ms = now;
+        let write = Write::Put(Put {
+            key,
+            value: encode(&run),
+            precondition: Precondition::MatchesVersion(item.version),
+            expires_at_ms: None,
+            due_at_ms: due_at,
+        });
+        if !commit(self, tx.take(Some(write), None, true)).await? {
+            return Ok(None);
         }
-        Err(DecideError::new(503, "the run kept changing; try again"))
+        Ok(Some(Decided {
+            run: run_id.to_string(),
+            environment: environment.to_string(),
+            by: user.to_string(),
+            decision: if approve { "approve" } else { "reject" }.into(),
+            approvals,
+            required,
+            still_needed: required.saturating_sub(approvals),
+        }))
     }
 
     /// Clears the hold on `environment` (of `pipeline`, or of the only
@@ -167,93 +221,29 @@ impl Engine {
         &self,
         pipeline: Option<&str>,
         environment: &str,
-    ) -> Result<serde_json::Value, DecideError> {
-        let candidates: Vec<&Arc<Pipeline>> = self
-            .pipelines
-            .iter()
-            .filter(|p| pipeline.is_none_or(|n| p.name == n))
-            .filter(|p| p.environment(environment).is_some())
-            .collect();
-        let pipeline = match candidates.as_slice() {
-            [one] => Arc::clone(one),
-            [] => {
-                return Err(DecideError::new(
-                    404,
-                    format!("no pipeline has an environment `{environment}`"),
-                ));
-            }
-            _ => {
-                return Err(DecideError::new(
-                    400,
-                    format!("several pipelines have `{environment}`; name one with --pipeline"),
-                ));
-            }
-        };
-        let Some(env) = pipeline.environment(environment) else {
-            return Err(DecideError::new(
-                404,
-                format!("no pipeline has an environment `{environment}`"),
-            ));
-        };
-        for _ in 0..8 {
-            let key = env_key(&pipeline.name, environment);
-            let _guard = self.env_lock(&key).lock_owned().await;
-            let item = self
-                .backend
-                .get(&key)
-                .await
-                .map_err(|e| DecideError::new(503, e.to_string()))?;
-            let Some(item) = item else {
-                return Err(DecideError::new(409, format!("{environment} is not held")));
-            };
-            let mut state: EnvState = serde_json::from_slice(&item.value)
-                .map_err(|e| DecideError::new(503, e.to_string()))?;
+    ) -> Result<Released, Refusal> {
+        let pipeline = self.pipeline_with(pipeline, environment)?;
+        retrying("the environment", || async {
+            let mut tx = Tx::default();
+            let state = self.env(&mut tx, &pipeline.name, environment).await?;
             let Some(hold) = state.held.take() else {
-                return Err(DecideError::new(409, format!("{environment} is not held")));
+                return Err(Refusal::Conflict(format!("{environment} is not held")));
             };
-            let mut writes = vec![Write::put(
-                key,
-                encode(&state),
-                Precondition::MatchesVersion(item.version),
-            )];
-            let mut send = vec![];
-            if state.holder.is_none()
-                && let Some((delete, wake)) = self
-                    .wake_first_waiter(&pipeline, env)
-                    .await
-                    .map_err(|e| DecideError::new(503, e.message))?
-            {
-                writes.push(delete);
-                send.push(wake);
+            if state.holder.is_none() {
+                self.wake_first_waiter(&mut tx, &pipeline.name, environment)
+                    .await?;
             }
-            let checkpoint = Checkpoint {
-                writes,
-                send,
-                ack: None,
-            };
-            if self.commit(checkpoint).await? {
-                return Ok(serde_json::json!({
-                    "pipeline": pipeline.name,
-                    "environment": environment,
-                    "released": true,
-                    "was_held_by": hold.run,
-                    "reason": hold.reason,
-                }));
+            if !commit(self, tx.take(None, None, true)).await? {
+                return Ok(None);
             }
-        }
-        Err(DecideError::new(
-            503,
-            "the environment kept changing; try again",
-        ))
-    }
-
-    /// Commits a person's change; `Ok(false)` when the item changed since it
-    /// was read (read it again and retry).
-    async fn commit(&self, checkpoint: Checkpoint) -> Result<bool, DecideError> {
-        match self.backend.checkpoint(checkpoint).await {
-            Ok(_) => Ok(true),
-            Err(gantry_store::Error::Conflict { .. }) => Ok(false),
-            Err(e) => Err(DecideError::new(503, e.to_string())),
-        }
+            Ok(Some(Released {
+                pipeline: pipeline.name.clone(),
+                environment: environment.to_string(),
+                released: true,
+                was_held_by: hold.run,
+                reason: hold.reason,
+            }))
+        })
+        .await
     }
 }

@@ -1,34 +1,76 @@
-//! Reads for the API: runs, evidence, environments, metrics.
+//! Reads for the API. None of them reads every run: lists page through an
+//! index, and totals come from counters kept in each checkpoint.
 
-use super::*;
+use std::collections::BTreeMap;
+
+use gantry_store::{ListQuery, decode_counter};
+use serde::Serialize;
+
+use super::Engine;
+use crate::metrics::Snapshot;
+use crate::model::*;
+
+/// Runs listed per page, at most.
+pub const MAX_PAGE: usize = 500;
+
+/// One page of runs, newest first.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunPage {
+    /// The runs.
+    pub runs: Vec<Run>,
+    /// Where the next page starts (`?after=`), when there may be one.
+    pub next: Option<String>,
+}
+
+/// Totals kept by counters.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Counts {
+    /// Runs by status name (every status, zero included).
+    pub runs: BTreeMap<&'static str, u64>,
+    /// Dead letters waiting for a person.
+    pub dead_letters: u64,
+}
 
 impl Engine {
-    /// Every run, oldest first.
-    pub async fn runs(&self) -> Result<Vec<Run>, gantry_store::Error> {
-        let mut runs = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = self.backend.list("run/", after.as_deref(), 500).await?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.key.clone());
-            for item in &page {
-                match serde_json::from_slice::<Run>(&item.value) {
-                    Ok(run) => runs.push(run),
-                    Err(e) => tracing::warn!(key = %item.key, error = %e, "unreadable run"),
-                }
+    /// Up to `limit` runs, newest first, after cursor `after`.
+    pub async fn runs(
+        &self,
+        limit: usize,
+        after: Option<String>,
+    ) -> Result<RunPage, gantry_store::Error> {
+        let query = ListQuery::partition(RUNS_PARTITION, limit.clamp(1, MAX_PAGE))
+            .descending()
+            .after(after);
+        let page = self.backend.list(&query).await?;
+        let mut runs = Vec::with_capacity(page.items.len());
+        for item in &page.items {
+            let Some((_, id)) = item.key.sort.split_once('/') else {
+                continue;
+            };
+            match self.run(id).await? {
+                Some(run) => runs.push(run),
+                None => tracing::warn!(run = id, "the run index names a missing run"),
             }
         }
-        runs.sort_by(|a, b| a.created_ms.cmp(&b.created_ms).then(a.id.cmp(&b.id)));
-        Ok(runs)
+        Ok(RunPage {
+            runs,
+            next: page.next,
+        })
     }
 
     /// One run.
     pub async fn run(&self, id: &str) -> Result<Option<Run>, gantry_store::Error> {
-        Ok(self
-            .backend
-            .get(&run_key(id))
-            .await?
-            .and_then(|item| serde_json::from_slice(&item.value).ok()))
+        let key = run_key(id);
+        Ok(match self.backend.get(&key).await? {
+            Some(item) => match serde_json::from_slice(&item.value) {
+                Ok(run) => Some(run),
+                Err(e) => {
+                    tracing::warn!(%key, error = %e, "unreadable run");
+                    None
+                }
+            },
+            None => None,
+        })
     }
 
     /// The evidence for commit `sha` (a prefix of at least 7 digits works),
@@ -36,26 +78,43 @@ impl Engine {
     pub async fn evidence_for(&self, sha: &str) -> Result<Vec<Evidence>, gantry_store::Error> {
         let mut found = Vec::new();
         for pipeline in &self.pipelines {
-            let items = self
-                .backend
-                .list(&format!("evidence/{}/{sha}", pipeline.name), None, 1000)
-                .await?;
+            let mut summaries = Vec::new();
+            let mut after = None;
+            loop {
+                let query = ListQuery::partition(summary_partition(&pipeline.name), 500)
+                    .prefix(sha)
+                    .after(after);
+                let page = self.backend.list(&query).await?;
+                summaries.extend(
+                    page.items
+                        .iter()
+                        .filter_map(|i| serde_json::from_slice::<EvidenceSummary>(&i.value).ok()),
+                );
+                after = page.next;
+                if after.is_none() {
+                    break;
+                }
+            }
             for env in &pipeline.environments {
-                for item in &items {
-                    if item.key.ends_with(&format!("/{}", env.name))
-                        && let Ok(e) = serde_json::from_slice::<Evidence>(&item.value)
-                        && e.environment == env.name
-                    {
-                        found.push(e);
-                    }
+                for summary in summaries.iter().filter(|s| s.environment == env.name) {
+                    let entries = self
+                        .entries(&pipeline.name, &summary.sha, &env.name)
+                        .await?;
+                    found.push(Evidence {
+                        environment: env.name.clone(),
+                        sha: summary.sha.clone(),
+                        complete: summary.complete,
+                        entries,
+                    });
                 }
             }
         }
         Ok(found)
     }
 
-    /// The state of every environment, per pipeline, with the first 1,000
-    /// runs queued for it.
+    /// The state of every environment, per pipeline: its holder (and
+    /// whether that run needs attention, which blocks it), its hold, and
+    /// the first 100 runs queued for it.
     pub async fn environments(&self) -> Result<serde_json::Value, gantry_store::Error> {
         let mut out = Vec::new();
         for pipeline in &self.pipelines {
@@ -68,37 +127,72 @@ impl Engine {
                     .unwrap_or_default();
                 let waiting: Vec<String> = self
                     .backend
-                    .list(&waiter_prefix(&pipeline.name, &env.name), None, 1000)
+                    .list(&ListQuery::partition(
+                        waiter_partition(&pipeline.name, &env.name),
+                        100,
+                    ))
                     .await?
+                    .items
                     .iter()
                     .filter_map(|i| serde_json::from_slice::<Waiter>(&i.value).ok())
                     .map(|w| w.run)
                     .collect();
+                let blocked = match &state.holder {
+                    Some(holder) => {
+                        self.run(holder).await?.and_then(|r| r.attention).map(|a| {
+                            format!("run {holder} holds it and needs attention: {}", a.error)
+                        })
+                    }
+                    None => None,
+                };
                 out.push(serde_json::json!({
                     "pipeline": pipeline.name,
                     "environment": env.name,
                     "state": state,
                     "waiting": waiting,
+                    "blocked": blocked,
                 }));
             }
         }
         Ok(serde_json::Value::Array(out))
     }
 
+    /// Runs by status and dead letters, from the counters.
+    pub async fn counts(&self) -> Result<Counts, gantry_store::Error> {
+        let mut counts = Counts {
+            runs: RunStatus::ALL.iter().map(|s| (s.name(), 0)).collect(),
+            dead_letters: 0,
+        };
+        let mut after = None;
+        loop {
+            let page = self
+                .backend
+                .list(&ListQuery::partition(COUNTERS, 500).after(after))
+                .await?;
+            for item in &page.items {
+                let value = decode_counter(&item.value).max(0) as u64;
+                let name = item.key.sort.rsplit_once('/').map_or("", |(name, _)| name);
+                if name == DEAD_LETTER_COUNTER {
+                    counts.dead_letters += value;
+                } else if let Some(status) = name.strip_prefix("runs.")
+                    && let Some(count) = counts.runs.get_mut(status)
+                {
+                    *count += value;
+                }
+            }
+            after = page.next;
+            if after.is_none() {
+                return Ok(counts);
+            }
+        }
+    }
+
     /// Metrics read from the backend at scrape time.
     pub async fn snapshot(&self) -> Result<Snapshot, gantry_store::Error> {
-        let runs = self.runs().await?;
-        let counts = RunStatus::ALL
-            .iter()
-            .map(|s| {
-                (
-                    s.name(),
-                    runs.iter().filter(|r| r.status == *s).count() as u64,
-                )
-            })
-            .collect();
+        let counts = self.counts().await?;
         Ok(Snapshot {
-            runs: counts,
+            runs: counts.runs.into_iter().collect(),
+            dead_letters: counts.dead_letters,
             depth: self.backend.depth().await?,
         })
     }

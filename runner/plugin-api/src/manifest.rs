@@ -20,7 +20,19 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
+/// A manifest file that cannot be used: the file and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("manifest {path}: {message}")]
+pub struct ManifestError {
+    /// The manifest file.
+    pub path: String,
+    /// What is wrong, naming the field.
+    pub message: String,
+}
+
+/// The longest a plugin call may be allowed to run: a gate or notifier that
+/// needs longer should answer retry-after and be asked again.
+pub const MAX_TIMEOUT_MS: u64 = 15 * 60 * 1000;
 
 /// What one plugin is granted. Unknown keys are errors.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,15 +102,13 @@ pub struct HttpGrant {
 
 impl Manifest {
     /// Reads and checks a TOML manifest; errors name the file, line and field.
-    pub fn from_file(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Manifest {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        Self::from_toml(&text).map_err(|message| Error::Manifest {
+    pub fn from_file(path: &Path) -> Result<Self, ManifestError> {
+        let error = |message: String| ManifestError {
             path: path.display().to_string(),
             message,
-        })
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+        Self::from_toml(&text).map_err(error)
     }
 
     /// Parses and checks a TOML manifest.
@@ -113,8 +123,11 @@ impl Manifest {
         for (i, entry) in self.http.allow.iter().enumerate() {
             Origin::parse(entry).map_err(|e| format!("http.allow[{i}] = {entry:?}: {e}"))?;
         }
-        if self.limits.timeout_ms == 0 {
-            return Err("limits.timeout_ms must be greater than 0".into());
+        if self.limits.timeout_ms == 0 || self.limits.timeout_ms > MAX_TIMEOUT_MS {
+            return Err(format!(
+                "limits.timeout_ms must be from 1 to {MAX_TIMEOUT_MS} (15 minutes), not {}",
+                self.limits.timeout_ms
+            ));
         }
         if self.limits.memory_mb == 0 {
             return Err("limits.memory_mb must be greater than 0".into());
@@ -215,6 +228,8 @@ mod tests {
         assert!(err.contains("timeout"), "{err}");
         let err = Manifest::from_toml("[limits]\nmemory_mb = 0\n").expect_err("zero");
         assert!(err.contains("limits.memory_mb"), "{err}");
+        let err = Manifest::from_toml("[limits]\ntimeout_ms = 3600000\n").expect_err("an hour");
+        assert!(err.contains("limits.timeout_ms"), "{err}");
     }
 
     #[test]

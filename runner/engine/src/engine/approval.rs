@@ -1,0 +1,298 @@
+//! Approval steps. [`approval_next`] decides from the decisions so far
+//! (pure), and [`check_decision`] decides whether a person may decide now
+//! (pure); identities compare without regard to letter case, as GitHub's
+//! logins do.
+
+use gantry_pipeline::{Approval, Environment, NotifyEvent, Pipeline, StepKind};
+use gantry_plugin_api::EventKind;
+
+use super::advance::Cx;
+use super::machine::step;
+use super::schedule::Next;
+use super::{Engine, random_hex, short};
+use crate::bounded::{self, cap};
+use crate::error::{Error, Refusal};
+use crate::model::{ApprovalProgress, Run, RunStatus, StepStatus};
+
+/// What an approval step does now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ApprovalNext {
+    /// Enough approvals; the detail.
+    Approved(String),
+    /// Someone rejected it; why.
+    Rejected(String),
+    /// Nobody decided in time.
+    TimedOut(String),
+    /// Wait for people until `until_ms`.
+    Wait {
+        /// When it times out, Unix ms.
+        until_ms: u64,
+        /// Who is awaited, for people.
+        reason: String,
+    },
+}
+
+/// Whether two identities are the same person.
+pub(crate) fn same_person(a: &str, b: &str) -> bool {
+    a.to_lowercase() == b.to_lowercase()
+}
+
+/// The state of an approval with `progress` at `now`: a rejection decides
+/// at once, then enough approvals, then the timeout.
+pub(crate) fn approval_next(
+    progress: &ApprovalProgress,
+    spec: &Approval,
+    environment: &str,
+    now: u64,
+) -> ApprovalNext {
+    if let Some(r) = progress.decisions.iter().find(|d| !d.approve) {
+        return ApprovalNext::Rejected(format!("rejected by {}: {}", r.by, r.reason));
+    }
+    let approvals = progress.decisions.iter().filter(|d| d.approve).count() as u32;
+    if approvals >= spec.required {
+        return ApprovalNext::Approved(format!("approved by {approvals} of {}", spec.required));
+    }
+    if now >= progress.deadline_ms {
+        return ApprovalNext::TimedOut(format!("approval timed out after {:?}", spec.timeout.0));
+    }
+    ApprovalNext::Wait {
+        until_ms: progress.deadline_ms,
+        reason: waiting_for(environment, approvals, spec),
+    }
+}
+
+/// Why a run waits at an approval, for people.
+pub(crate) fn waiting_for(environment: &str, approvals: u32, spec: &Approval) -> String {
+    format!(
+        "waiting for approval in {environment}: {approvals} of {} (approvers: {})",
+        spec.required,
+        spec.approvers.join(", ")
+    )
+}
+
+/// Where a decision lands: the step's index and spec.
+pub(crate) struct Approvable {
+    /// The approval step's index in the stage.
+    pub(crate) cursor: usize,
+    /// Its spec.
+    pub(crate) spec: Approval,
+}
+
+/// Whether `user` may approve or reject the approval step `run` waits at in
+/// `environment`: the run must wait there, `token` (when given) must be the
+/// step's, `user` must be on the allow-list, must not be the commit's author
+/// or merger (unless the step allows it), and must not have decided yet.
+pub(crate) fn check_decision(
+    run: &Run,
+    def: &Pipeline,
+    environment: &str,
+    user: &str,
+    token: Option<&str>,
+) -> Result<Approvable, Refusal> {
+    if run.status.is_terminal() {
+        return Err(Refusal::Conflict(format!(
+            "run {} is {}",
+            run.id,
+            run.status.name()
+        )));
+    }
+    if run.status == RunStatus::NeedsAttention {
+        return Err(Refusal::Conflict(format!(
+            "run {} needs attention: retry its dead letter first",
+            run.id
+        )));
+    }
+    let stage = run
+        .stage()
+        .ok_or_else(|| Refusal::Conflict(format!("run {} has no current stage", run.id)))?;
+    if stage.environment != environment {
+        return Err(Refusal::Conflict(format!(
+            "run {} is not at {environment}; it is at {}",
+            run.id, stage.environment
+        )));
+    }
+    let env = def
+        .environment(environment)
+        .ok_or_else(|| Refusal::NotFound(format!("no environment {environment}")))?;
+    let spec = env.steps.get(stage.cursor).and_then(|s| match &s.kind {
+        StepKind::Approval(a) => Some(a.clone()),
+        _ => None,
+    });
+    let progress = stage
+        .steps
+        .get(stage.cursor)
+        .filter(|st| st.status == StepStatus::Waiting)
+        .and_then(|st| st.approval.as_ref());
+    let (Some(spec), Some(progress)) = (spec, progress) else {
+        return Err(Refusal::Conflict(format!(
+            "run {} is not waiting for approval in {environment}",
+            run.id
+        )));
+    };
+    if token.is_some_and(|t| t != progress.token) {
+        return Err(Refusal::Forbidden(
+            "the approval token does not match".into(),
+        ));
+    }
+    if !spec.approvers.iter().any(|a| same_person(a, user)) {
+        return Err(Refusal::Forbidden(format!(
+            "{user} may not approve {environment}; approvers: {}",
+            spec.approvers.join(", ")
+        )));
+    }
+    if !spec.allow_self_approval && run.event.involved().iter().any(|u| same_person(u, user)) {
+        return Err(Refusal::Forbidden(format!(
+            "{user} wrote or merged this change and may not approve it"
+        )));
+    }
+    if progress.decisions.iter().any(|d| same_person(&d.by, user)) {
+        return Err(Refusal::Conflict(format!(
+            "{user} has already decided on this run"
+        )));
+    }
+    Ok(Approvable {
+        cursor: stage.cursor,
+        spec,
+    })
+}
+
+impl Engine {
+    /// An approval step: the first look creates its token and deadline and
+    /// sends the approval request; later looks pass, fail or park until
+    /// the deadline (a decision wakes it sooner).
+    pub(super) async fn approval_step(
+        &self,
+        cx: &mut Cx<'_>,
+        env: &Environment,
+        name: &str,
+        spec: &Approval,
+    ) -> Result<Next, Error> {
+        let now = self.now();
+        let st = step(cx.run)?;
+        let first = st.approval.is_none();
+        let progress = st.approval.get_or_insert_with(|| ApprovalProgress {
+            decisions: vec![],
+            token: random_hex(16),
+            deadline_ms: now + spec.timeout.0.as_millis() as u64,
+        });
+        st.status = StepStatus::Waiting;
+        let token = progress.token.clone();
+        match approval_next(progress, spec, &env.name, now) {
+            ApprovalNext::Approved(detail) => self.pass_step(cx.run, &detail),
+            ApprovalNext::Rejected(why) | ApprovalNext::TimedOut(why) => {
+                self.fail_step(cx, env, &why).await
+            }
+            ApprovalNext::Wait { until_ms, reason } => {
+                if first {
+                    self.request_approval(cx.run, env, name, spec, token);
+                    if cx.run.has_deliveries() {
+                        // The request goes out first; the next look parks.
+                        let id = cx.run.id.clone();
+                        cx.run.reason = Some(cap(&reason, bounded::LINE, "reason", &id));
+                        return Ok(Next::Continue);
+                    }
+                }
+                Ok(Next::Park { until_ms, reason })
+            }
+        }
+    }
+
+    /// Queues the "awaiting approval" notifications.
+    fn request_approval(
+        &self,
+        run: &mut Run,
+        env: &Environment,
+        name: &str,
+        spec: &Approval,
+        token: String,
+    ) {
+        let excluded = if spec.allow_self_approval {
+            vec![]
+        } else {
+            run.event.involved()
+        };
+        let kind = EventKind::AwaitingApproval {
+            required: spec.required,
+            received: 0,
+            approvers: spec.approvers.clone(),
+            excluded,
+            token,
+            timeout_seconds: spec.timeout.0.as_secs(),
+        };
+        let summary = format!(
+            "{} {} waits for approval in {} ({name})",
+            run.artifact.repository,
+            short(&run.artifact.commit_sha),
+            env.name
+        );
+        self.notify(run, env, NotifyEvent::AwaitingApproval, kind, &summary);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Decision;
+    use gantry_pipeline::Span;
+    use std::time::Duration;
+
+    fn spec(required: u32) -> Approval {
+        Approval {
+            name: None,
+            required,
+            approvers: vec!["Alice".into(), "bob".into(), "carol".into()],
+            allow_self_approval: false,
+            timeout: Span(Duration::from_secs(60)),
+        }
+    }
+
+    fn decision(by: &str, approve: bool) -> Decision {
+        Decision {
+            by: by.into(),
+            approve,
+            reason: "why".into(),
+            at_ms: 1,
+        }
+    }
+
+    #[test]
+    fn quorum_rejection_and_timeout_decide_in_that_order() {
+        let mut p = ApprovalProgress {
+            decisions: vec![],
+            token: "t".into(),
+            deadline_ms: 1_000,
+        };
+        assert!(matches!(
+            approval_next(&p, &spec(2), "prod", 0),
+            ApprovalNext::Wait {
+                until_ms: 1_000,
+                ..
+            }
+        ));
+        p.decisions.push(decision("bob", true));
+        assert!(
+            matches!(approval_next(&p, &spec(2), "prod", 0), ApprovalNext::Wait { ref reason, .. } if reason.contains("1 of 2"))
+        );
+        p.decisions.push(decision("carol", true));
+        assert_eq!(
+            approval_next(&p, &spec(2), "prod", 5_000),
+            ApprovalNext::Approved("approved by 2 of 2".into())
+        );
+        p.decisions.push(decision("alice", false));
+        assert!(
+            matches!(approval_next(&p, &spec(2), "prod", 0), ApprovalNext::Rejected(ref r) if r.contains("alice"))
+        );
+        p.decisions.clear();
+        assert!(matches!(
+            approval_next(&p, &spec(1), "prod", 1_000),
+            ApprovalNext::TimedOut(_)
+        ));
+    }
+
+    #[test]
+    fn identities_compare_without_letter_case() {
+        assert!(same_person("Alice", "alice"));
+        assert!(same_person("ÉMILE", "émile"));
+        assert!(!same_person("alice", "alicia"));
+    }
+}

@@ -1,0 +1,170 @@
+//! The bracket around every side effect (a deploy, a plugin call, a report):
+//! one idempotency key format, the lease that keeps other processes off the
+//! run while the effect runs (renewed as long as it runs), and the crash
+//! point between the effect and the record of its result.
+//!
+//! A crash after the effect and before its result is checkpointed repeats
+//! the effect under the same key when the run resumes; the target applies a
+//! key once.
+
+use std::future::Future;
+
+use gantry_store::{Precondition, Put, Write};
+
+use super::advance::Cx;
+use super::{Engine, encode};
+use crate::crash::CrashPoint;
+use crate::error::Error;
+use crate::model::{EffectIntent, run_key};
+
+/// The last part of an idempotency key: which effect of the step it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Slot {
+    /// The step's only effect (a deploy).
+    Once,
+    /// A gate's evaluation, by number.
+    Attempt(u32),
+    /// A canary's deploy at a weight.
+    Weight(u32),
+    /// A migration's `up`.
+    Up,
+    /// A migration's `down`, in a rollback.
+    Down,
+    /// A redeploy of the previous artifact, in a rollback.
+    Rollback,
+}
+
+/// The idempotency key `{run}/{environment}/{step}/{slot}`.
+pub(crate) fn effect_key(run: &str, environment: &str, step: &str, slot: Slot) -> String {
+    let slot = match slot {
+        Slot::Once => "1".to_string(),
+        Slot::Attempt(n) => n.to_string(),
+        Slot::Weight(w) => format!("w{w}"),
+        Slot::Up => "up".into(),
+        Slot::Down => "down".into(),
+        Slot::Rollback => "rollback".into(),
+    };
+    format!("{run}/{environment}/{step}/{slot}")
+}
+
+impl Engine {
+    /// Runs `effect` with idempotency key `key`. Where several processes
+    /// share the backend, the run is first written with a lease naming the
+    /// effect, renewed while it runs, so no other worker advances the run
+    /// meanwhile. The caller records the result in its checkpoint.
+    pub(super) async fn effect<T>(
+        &self,
+        cx: &mut Cx<'_>,
+        key: &str,
+        effect: impl Future<Output = T>,
+    ) -> Result<T, Error> {
+        let outcome = if self.caps.single_process {
+            effect.await
+        } else {
+            self.lease(cx, key).await?;
+            self.renewing(cx, effect).await
+        };
+        tracing::info!(run = %cx.run.id, effect = key, "side effect done; its result is not recorded yet");
+        self.crash.reached(CrashPoint::EffectDone);
+        cx.run.effect = None;
+        Ok(outcome)
+    }
+
+    /// Checkpoints the transition so far with a lease for effect `key` on
+    /// the run: whatever the transition did before the effect is then
+    /// stored with it, so a resumed run finds that state and repeats the
+    /// effect under the same key.
+    async fn lease(&self, cx: &mut Cx<'_>, key: &str) -> Result<(), Error> {
+        cx.run.effect = Some(EffectIntent {
+            key: key.to_string(),
+            lease_owner: self.config.worker_id.clone(),
+            lease_until_ms: self.now() + self.config.lease.as_millis() as u64,
+        });
+        cx.run.updated_ms = self.now();
+        cx.tx.count(&cx.run.id, *cx.written, cx.run.status);
+        let write = Write::Put(Put {
+            key: run_key(&cx.run.id),
+            value: encode(&*cx.run),
+            precondition: Precondition::MatchesVersion(*cx.version),
+            expires_at_ms: None,
+            due_at_ms: self.due_at(cx.run),
+        });
+        self.backend
+            .checkpoint(cx.tx.take(Some(write), None, false))
+            .await?;
+        *cx.version += 1;
+        *cx.written = cx.run.status;
+        tracing::info!(run = %cx.run.id, effect = key, "checkpoint: effect intent");
+        self.crash.reached(CrashPoint::Checkpoint);
+        Ok(())
+    }
+
+    /// Awaits `effect`, renewing the run's lease every third of its length.
+    async fn renewing<T>(&self, cx: &mut Cx<'_>, effect: impl Future<Output = T>) -> T {
+        tokio::pin!(effect);
+        let every = (self.config.lease / 3).max(std::time::Duration::from_millis(10));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                outcome = &mut effect => return outcome,
+                _ = tick.tick() => {
+                    let until = self.now() + self.config.lease.as_millis() as u64;
+                    if let Some(intent) = cx.run.effect.as_mut() {
+                        intent.lease_until_ms = until;
+                    }
+                    if let Err(e) = self.renew(cx).await {
+                        // Another worker took the run (this one was paused
+                        // past its lease): its checkpoint will be refused.
+                        tracing::warn!(run = %cx.run.id, error = %e, "cannot renew the run's lease");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes the run with its renewed lease, on the version read.
+    async fn renew(&self, cx: &mut Cx<'_>) -> Result<(), Error> {
+        cx.run.updated_ms = self.now();
+        self.backend
+            .write(vec![Write::Put(Put {
+                key: run_key(&cx.run.id),
+                value: encode(&*cx.run),
+                precondition: Precondition::MatchesVersion(*cx.version),
+                expires_at_ms: None,
+                due_at_ms: self.due_at(cx.run),
+            })])
+            .await?;
+        *cx.version += 1;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_name_the_run_environment_step_and_slot() {
+        assert_eq!(
+            effect_key("r1", "prod", "deploy", Slot::Once),
+            "r1/prod/deploy/1"
+        );
+        assert_eq!(
+            effect_key("r1", "prod", "smoke", Slot::Attempt(3)),
+            "r1/prod/smoke/3"
+        );
+        assert_eq!(
+            effect_key("r1", "prod", "canary", Slot::Weight(50)),
+            "r1/prod/canary/w50"
+        );
+        assert_eq!(effect_key("r1", "prod", "db", Slot::Up), "r1/prod/db/up");
+        assert_eq!(
+            effect_key("r1", "prod", "db", Slot::Down),
+            "r1/prod/db/down"
+        );
+        assert_eq!(
+            effect_key("r1", "prod", "deploy", Slot::Rollback),
+            "r1/prod/deploy/rollback"
+        );
+    }
+}

@@ -1,0 +1,21 @@
+//! What the engine and the plugin host share, so the engine builds without
+//! wasmtime:
+//!
+//! - [`types`]: what goes into and comes out of a plugin call (artifact,
+//!   step context, verdicts, events, migration outcomes), independent of
+//!   the WIT version;
+//! - [`manifest`]: what a plugin is granted (origins, secrets per
+//!   environment, limits);
+//! - [`PluginRunner`]: how the engine calls plugins. `gantry-plugin-host`
+//!   implements it on wasmtime; tests implement it with fakes.
+
+pub mod manifest;
+mod runner;
+pub mod types;
+
+pub use manifest::{Manifest, ManifestError, Origin};
+pub use runner::{PluginFailure, PluginRef, PluginRunner, SecretSource};
+pub use types::{
+    Artifact, Decision, Direction, Event, EventKind, LogRecord, MigrationOutcome, Observation,
+    StepContext, Verdict, World,
+};

@@ -42,6 +42,12 @@ impl TestEngine {
     /// An engine for the pipeline `text` (plugin paths relative to this
     /// crate's `example/` dir), configured by `config`.
     pub fn new(text: &str, config: EngineConfig) -> Self {
+        Self::build(text, config, |engine| engine)
+    }
+
+    /// As [`TestEngine::new`], with `finish` adding to the engine (a
+    /// reporter, say) before it is shared.
+    pub fn build(text: &str, config: EngineConfig, finish: impl FnOnce(Engine) -> Engine) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let base = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/example"));
         let pipeline = gantry_pipeline::parse(text, &base).expect("pipeline");
@@ -57,8 +63,10 @@ impl TestEngine {
         );
         let plugins = FakePlugins::new();
         let deployer = FakeDeployer::new();
-        let engine = Engine::new(backend.clone(), vec![pipeline], plugins.clone(), config)
-            .with_deployer(deployer.clone());
+        let engine = finish(
+            Engine::new(backend.clone(), vec![pipeline], plugins.clone(), config)
+                .with_deployer(deployer.clone()),
+        );
         TestEngine {
             engine: Arc::new(engine),
             backend,

@@ -139,7 +139,7 @@ async fn drive(h: &mut Harness) -> Outcome {
     .await;
 
     let (_, runs) = h.api(Method::GET, "/api/runs", None).await;
-    let runs = runs
+    let runs = runs["runs"]
         .as_array()
         .expect("runs")
         .iter()

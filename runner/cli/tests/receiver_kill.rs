@@ -88,18 +88,15 @@ async fn a_kill_while_webhooks_arrive_loses_no_accepted_event() {
     h.start(&env);
     let deadline = Instant::now() + Duration::from_secs(60);
     let (runs, dead) = loop {
-        let (_, runs) = h.api(reqwest::Method::GET, "/api/runs", None).await;
+        let runs: BTreeSet<String> = h
+            .all_runs()
+            .await
+            .iter()
+            .filter_map(|r| r["delivery"].as_str())
+            .map(|d| d.trim_start_matches("github-1-").to_string())
+            .collect();
         let (_, dead) = h.api(reqwest::Method::GET, "/api/dlq", None).await;
-        let runs: BTreeSet<String> = runs
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|r| r["delivery"].as_str())
-                    .map(|d| d.trim_start_matches("github-1-").to_string())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let dead = dead.as_array().map_or(0, Vec::len);
+        let dead = dead["dead_letters"].as_array().map_or(0, Vec::len);
         if runs.len() + dead >= seen.accepted.len() && seen.accepted.is_subset(&runs) {
             break (runs, dead);
         }

@@ -489,7 +489,7 @@ async fn webhooks_slack_approval_and_github_deployments_end_to_end() {
     let done = s.h.wait_status(&run, "succeeded").await;
     assert_eq!(done["stages"][1]["steps"][2]["status"], "passed", "{done}");
     assert_eq!(s.h.app("production").stable.as_deref(), Some(GOOD));
-    let decision = &done["stages"][1]["steps"][1]["decisions"][0];
+    let decision = &done["stages"][1]["steps"][1]["approval"]["decisions"][0];
     assert_eq!(decision["by"], "bob", "{decision}");
     let answer = s.review_answer(3).await;
     assert_eq!(answer["state"], "approved", "{answer}");

@@ -546,6 +546,8 @@ pub enum StageStatus {
     Queued,
     /// Running its steps.
     Running,
+    /// A step failed: the stage rolls back or fails next.
+    Failing,
     /// Restoring the previous artifact.
     RollingBack,
     /// All steps passed.

@@ -58,6 +58,8 @@ pub struct Harness {
     pub max_receives: u32,
     /// Restarts after the server died (crash tests).
     pub restarts: u32,
+    /// More arguments for `gantry serve`.
+    pub args: Vec<String>,
 }
 
 /// The example pipeline pointed at the toy apps; `edit` may change it.
@@ -91,8 +93,9 @@ impl Harness {
             apps,
             server: None,
             http: reqwest::Client::new(),
-            max_receives: 5,
+            max_receives: 20,
             restarts: 0,
+            args: vec![],
         }
     }
 
@@ -111,6 +114,7 @@ impl Harness {
             .arg(self.dir.path().join("cache"))
             .arg("--max-receives")
             .arg(self.max_receives.to_string())
+            .args(&self.args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -221,6 +225,51 @@ impl Harness {
     /// Polls until run `id` has status `want`.
     pub async fn wait_status(&self, id: &str, want: &str) -> Value {
         self.wait_run(id, want, |r| r["status"] == want).await
+    }
+
+    /// Every run, a page at a time, newest first.
+    pub async fn all_runs(&self) -> Vec<Value> {
+        let mut runs = Vec::new();
+        let mut path = "/api/runs?limit=500".to_string();
+        loop {
+            let (status, page) = self.api(reqwest::Method::GET, &path, None).await;
+            assert_eq!(status, 200, "{page}");
+            runs.extend(page["runs"].as_array().cloned().unwrap_or_default());
+            match page["next"].as_str() {
+                Some(next) => path = format!("/api/runs?limit=500&after={next}"),
+                None => return runs,
+            }
+        }
+    }
+
+    /// Polls until the dead-letter list holds `n` letters; returns them.
+    pub async fn wait_dead_letters(&self, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, page) = self.api(reqwest::Method::GET, "/api/dlq", None).await;
+            let letters = page["dead_letters"].as_array().cloned().unwrap_or_default();
+            if letters.len() >= n {
+                return letters;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{n} dead letters never came: {page:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// GETs `path` as text.
+    pub async fn text(&self, path: &str) -> (u16, String) {
+        let base = &self.server.as_ref().expect("server started").base;
+        let response = self
+            .http
+            .get(format!("{base}{path}"))
+            .send()
+            .await
+            .expect("server reachable");
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap_or_default())
     }
 
     /// The toy app of `env`.

@@ -23,6 +23,9 @@ const MAX_CHAIN: u32 = 64;
 const CHAIN_BUDGET_MS: u64 = 5_000;
 /// A timer that comes this little early is on time.
 const EARLY_SLACK_MS: u64 = 5;
+/// A message that found another process's lease comes back this long after
+/// the lease ends.
+const LEASE_SLACK_MS: u64 = 1_000;
 /// A message whose wake token is ahead of the stored run (a read that lags
 /// the write that sent it) is looked at again after this, this many times.
 const AHEAD_RETRY: Duration = Duration::from_secs(1);
@@ -117,10 +120,17 @@ impl Engine {
             && effect.lease_owner != self.config.worker_id
             && effect.lease_until_ms > now
         {
-            // Another process is doing one of its effects. It sends the
-            // follow-up; if it dies, the lease runs out and the sweeper
-            // sends this run another message.
-            self.ack(received).await;
+            // Another process is doing one of its effects: look again when
+            // its lease ends (renewed while the effect runs; run out if that
+            // process died). Not a failure: nothing is counted.
+            let mut tx = Tx::default();
+            tx.send(Outgoing::at(
+                received.body.clone(),
+                effect.lease_until_ms + LEASE_SLACK_MS,
+            ));
+            self.backend
+                .checkpoint(tx.take(None, Some(received.receipt.clone()), false))
+                .await?;
             return Ok("leased");
         }
         let Some(_claim) = ActiveRun::claim(&self.active, id) else {
@@ -174,9 +184,19 @@ impl Engine {
                 due_at_ms: due_at,
             });
             let ack = (!chain).then(|| received.receipt.clone());
-            self.backend
+            let leased = tx.effects > 0 && !self.caps.single_process;
+            if let Err(e) = self
+                .backend
                 .checkpoint(tx.take(Some(run_write), ack, false))
-                .await?;
+                .await
+            {
+                if leased {
+                    // The race is lost: let whoever handles the run next
+                    // go on at once rather than wait out this lease.
+                    self.drop_lease(&run.id).await;
+                }
+                return Err(e.into());
+            }
             drop(tx);
             version += 1;
             written = run.status;
@@ -187,6 +207,35 @@ impl Engine {
                 return Ok(label);
             }
             chained += 1;
+        }
+    }
+
+    /// Clears this process's lease on run `id`, best effort.
+    async fn drop_lease(&self, id: &str) {
+        let key = run_key(id);
+        let Ok(Some(item)) = self.backend.get(&key).await else {
+            return;
+        };
+        let Ok(mut run) = decode::<Run>(&key, &item.value) else {
+            return;
+        };
+        if run
+            .effect
+            .as_ref()
+            .is_none_or(|e| e.lease_owner != self.config.worker_id)
+        {
+            return;
+        }
+        run.effect = None;
+        let write = Write::Put(Put {
+            key,
+            value: encode(&run),
+            precondition: Precondition::MatchesVersion(item.version),
+            expires_at_ms: None,
+            due_at_ms: self.due_at(&run),
+        });
+        if let Err(e) = self.backend.write(vec![write]).await {
+            tracing::debug!(run = id, error = %e, "could not clear a lease; it runs out");
         }
     }
 

@@ -56,6 +56,8 @@ pub(crate) struct Tx {
     writes: Vec<Write>,
     counters: BTreeMap<Key, i64>,
     sends: Vec<Outgoing>,
+    /// Side effects done in this transition.
+    pub(super) effects: u32,
 }
 
 impl Tx {

@@ -64,6 +64,7 @@ impl Engine {
             self.lease(cx, key).await?;
             self.renewing(cx, effect).await
         };
+        cx.tx.effects += 1;
         tracing::info!(run = %cx.run.id, effect = key, "side effect done; its result is not recorded yet");
         self.crash.reached(CrashPoint::EffectDone);
         cx.run.effect = None;

@@ -63,6 +63,7 @@ impl Engine {
             StageStatus::Pending => Ok(("enter", self.enter(cx, env).await?)),
             StageStatus::Queued => Ok(("lock", self.acquire(cx, env).await?)),
             StageStatus::Running => self.step(cx, env).await,
+            StageStatus::Failing => Ok(("fail", self.conclude_failure(cx, env).await?)),
             StageStatus::RollingBack => Ok(("rollback", self.roll_back(cx, env).await?)),
             other => Err(Error::Terminal(format!(
                 "run {}: a stage in state {other:?} has nothing to do",
@@ -159,11 +160,15 @@ impl Engine {
             }
         };
         // The stage's last step passed: finishing the stage (which frees
-        // the environment for the next run) joins the same checkpoint.
+        // the environment for the next run) joins the same checkpoint; where
+        // other processes share the environment item, not after an effect,
+        // whose result is then recorded first (a race lost on the
+        // environment would repeat it).
         let stage = stage(cx.run)?;
         if next == Next::Continue
             && stage.status == StageStatus::Running
             && stage.cursor >= env.steps.len()
+            && (self.caps.single_process || cx.tx.effects == 0)
         {
             return Ok((spec.kind.name(), self.finish_stage(cx, env).await?));
         }
@@ -289,8 +294,11 @@ impl Engine {
         Ok(Next::Continue)
     }
 
-    /// The current step failed for `reason`: the stage rolls back (when it
-    /// deployed and the environment says so) or fails, and the run ends.
+    /// The current step failed for `reason`: recorded on the step, the stage
+    /// and in the ledger; the next transition concludes (see
+    /// [`Engine::conclude_failure`]). Two transitions, so a failure found by
+    /// an effect is recorded before the environment is touched: a race lost
+    /// on the environment item then never repeats the effect.
     pub(super) async fn fail_step(
         &self,
         cx: &mut Cx<'_>,
@@ -305,13 +313,32 @@ impl Engine {
         st.status = StepStatus::Failed;
         st.detail = Some(cap(&reason, bounded::LINE, "detail", &id));
         st.finished_ms = Some(now);
-        let stage_now = stage(cx.run)?;
-        stage_now.failure = Some(reason.clone());
-        let deployed = stage_now.deployed;
+        let stage = stage(cx.run)?;
+        stage.failure = Some(reason.clone());
+        stage.status = StageStatus::Failing;
+        cx.run.status = RunStatus::Running;
+        cx.run.reason = Some(cap(
+            &format!("failing: {reason}"),
+            bounded::LINE,
+            "reason",
+            &id,
+        ));
         self.record(cx, &env.name, &name, "failure", &reason, vec![], None);
         self.decide_verdict(cx, &env.name, "failure", &reason)
             .await?;
-        if env.on_failure == OnFailure::Rollback && deployed {
+        Ok(Next::Continue)
+    }
+
+    /// After a failed step: the stage rolls back (when it deployed and the
+    /// environment says so), or fails and the run ends.
+    async fn conclude_failure(&self, cx: &mut Cx<'_>, env: &Environment) -> Result<Next, Error> {
+        let id = cx.run.id.clone();
+        let stage_now = stage(cx.run)?;
+        let reason = stage_now
+            .failure
+            .clone()
+            .unwrap_or_else(|| "a step failed".into());
+        if env.on_failure == OnFailure::Rollback && stage_now.deployed {
             let to = self
                 .env(cx.tx, &cx.run.pipeline, &env.name)
                 .await?
@@ -321,7 +348,6 @@ impl Engine {
             let stage = stage(cx.run)?;
             stage.status = StageStatus::RollingBack;
             stage.rollback = Some(Rollback { to, done: vec![] });
-            cx.run.status = RunStatus::Running;
             cx.run.reason = Some(cap(
                 &format!("rolling back: {reason}"),
                 bounded::LINE,

@@ -28,7 +28,7 @@ environments:
 ";
 
 /// (what is broken, the replacement, text the message must contain)
-const BROKEN: [(&str, &str, &str, &str); 10] = [
+const BROKEN: &[(&str, &str, &str, &str)] = &[
     (
         "unknown top-level key",
         "repository: acme/web\n",
@@ -89,10 +89,46 @@ const BROKEN: [(&str, &str, &str, &str); 10] = [
         "    steps:\n      - approval: {",
         "did not find expected",
     ),
+    (
+        "a deploy longer than a message can be held",
+        "          http: http://127.0.0.1:7101/deploy\n",
+        "          http: http://127.0.0.1:7101/deploy\n          timeout: 13h\n",
+        "environments.dev.steps[0].deploy.timeout: 13h is out of range: from 1s to 12h",
+    ),
+    (
+        "a retry that can never come",
+        "          plugin: health\n",
+        "          plugin: health\n          retries: 2\n          retry_interval: 20m\n",
+        "environments.dev.steps[1].gate.retry_interval: a retry after 20m can never come within the gate's timeout of 10m",
+    ),
+    (
+        "a soak longer than the gate may take",
+        "      - deploy:\n          http: http://127.0.0.1:7101/deploy\n",
+        "      - canary:\n          weights: [50, 100]\n          deploy: { http: http://127.0.0.1:7101/deploy }\n          gate: { plugin: health, timeout: 1m }\n          stable_for: 5m\n",
+        "environments.dev.steps[0].canary.stable_for: the gate is asked again after 5m, but it must pass within its timeout of 1m",
+    ),
+    (
+        "a name unfit for keys and URLs",
+        "      - gate:\n",
+        "      - gate:\n          name: smoke test\n",
+        "`smoke test` is not a valid name",
+    ),
+    (
+        "a plugin time limit above the host's",
+        "plugins:\n  health:\n",
+        "plugins:\n  health:\n    manifest:\n      limits: { timeout_ms: 3600000 }\n",
+        "plugins.health.manifest: limits.timeout_ms must be from 1 to 900000",
+    ),
+    (
+        "more required approvals than a run may record",
+        "approvers: [bob]",
+        "approvers: [a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21]\n          required: 21",
+        "environments.staging.steps[0].approval.required: must be from 1 to 20",
+    ),
 ];
 
 #[test]
-fn ten_broken_files_give_ten_precise_messages() {
+fn every_broken_file_gets_its_own_precise_message() {
     let dir = tempfile::tempdir().expect("tempdir");
     let plugin = gantry_tests::plugin("noop-gate").display().to_string();
     let base = BASE.replace("PLUGIN", &plugin);
@@ -138,7 +174,7 @@ fn ten_broken_files_give_ten_precise_messages() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert_eq!(
         messages.len(),
-        10,
+        BROKEN.len(),
         "messages are not distinct: {messages:#?}"
     );
 }

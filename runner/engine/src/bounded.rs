@@ -27,10 +27,22 @@ pub const MESSAGE: usize = 8 * 1024;
 
 /// `text` cut to at most `limit` bytes (on a character boundary), ending in
 /// a marker that says how much was cut. `what` and `run` name it in the log
-/// line that keeps the full text.
+/// line that keeps the full text. Control characters other than newline and
+/// tab become U+FFFD: they would be escaped six bytes apiece in the stored
+/// JSON, and they have no business in a terminal that shows a run.
 pub fn cap(text: &str, limit: usize, what: &str, run: &str) -> String {
-    if text.len() <= limit {
-        return text.to_string();
+    let clean: String = text
+        .chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                '\u{FFFD}'
+            } else {
+                c
+            }
+        })
+        .collect();
+    if clean.len() <= limit {
+        return clean;
     }
     tracing::info!(
         run,
@@ -40,11 +52,11 @@ pub fn cap(text: &str, limit: usize, what: &str, run: &str) -> String {
     );
     let marker = format!(" … [{} bytes cut]", text.len());
     let room = limit.saturating_sub(marker.len());
-    let mut cut = room.min(text.len());
-    while !text.is_char_boundary(cut) {
+    let mut cut = room.min(clean.len());
+    while !clean.is_char_boundary(cut) {
         cut -= 1;
     }
-    format!("{}{marker}", &text[..cut])
+    format!("{}{marker}", &clean[..cut])
 }
 
 /// Observations cut name by name and value by value, then dropped from the
@@ -81,6 +93,14 @@ mod tests {
         assert!(cut.len() <= 100, "{}", cut.len());
         assert!(cut.ends_with("[2000 bytes cut]"), "{cut}");
         assert!(cut.starts_with("éé"));
+    }
+
+    #[test]
+    fn control_characters_do_not_reach_the_store() {
+        assert_eq!(
+            cap("a\u{1b}[31mb\nc\td\0", 100, "x", "r"),
+            "a\u{FFFD}[31mb\nc\td\u{FFFD}"
+        );
     }
 
     #[test]

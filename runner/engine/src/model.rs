@@ -20,7 +20,7 @@ use gantry_pipeline::NotifyEvent;
 use gantry_store::Key;
 use serde::{Deserialize, Serialize};
 
-pub use gantry_plugin_api::{Artifact, EventKind};
+pub use gantry_plugin_api::Artifact;
 
 /// A run item's key.
 pub fn run_key(id: &str) -> Key {
@@ -514,8 +514,9 @@ pub struct PendingReport {
     pub key: String,
 }
 
-/// A notification to deliver. Its evidence is read when it is delivered,
-/// not copied here.
+/// A notification to deliver. What the plugin gets (the reason, the
+/// approvers, the evidence) is read from the run and the ledger when it is
+/// delivered, not copied here.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Notification {
     /// The stage it concerns.
@@ -526,8 +527,9 @@ pub struct Notification {
     pub event: NotifyEvent,
     /// The idempotency key.
     pub key: String,
-    /// The event as the plugin gets it.
-    pub kind: EventKind,
+    /// For an approval request: the approval step's index in the stage.
+    #[serde(default)]
+    pub approval: Option<usize>,
     /// One line for people.
     pub summary: String,
     /// Sent while the run needs attention: tried once, never retried (the

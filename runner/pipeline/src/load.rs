@@ -156,6 +156,13 @@ pub mod limits {
     pub const STEP_TIMEOUT: Duration = Duration::from_secs(12 * 3600);
     /// The largest pipeline definition, as stored for the runs that pin it.
     pub const DEFINITION_BYTES: usize = 300_000;
+    /// Most steps in a whole pipeline (a run records each).
+    pub const PIPELINE_STEPS: usize = 96;
+    /// Most approvals all the approval steps of a pipeline require together
+    /// (a run records each decision, with its reason).
+    pub const PIPELINE_REQUIRED: u32 = 20;
+    /// The longest image template.
+    pub const IMAGE: usize = 512;
 }
 
 #[derive(Deserialize)]
@@ -253,6 +260,12 @@ impl Check {
             );
         }
         if let Some(image) = &file.artifact.image {
+            if image.len() > limits::IMAGE {
+                self.problem(
+                    "artifact.image",
+                    format!("the image template is at most {} bytes", limits::IMAGE),
+                );
+            }
             for placeholder in placeholders(image) {
                 if !ArtifactTemplate::PLACEHOLDERS.contains(&placeholder) {
                     self.problem(
@@ -319,6 +332,7 @@ impl Check {
             .map(|(name, env)| self.environment(name, env, &names, &plugins))
             .collect();
         self.promotion_cycles(&environments);
+        self.totals(&environments);
         let mut pipeline = Pipeline {
             name: file.pipeline,
             version: String::new(),
@@ -339,6 +353,38 @@ impl Check {
             );
         }
         pipeline
+    }
+
+    /// Limits on the whole pipeline: a run records every step of it, and
+    /// every decision of its approvals.
+    fn totals(&mut self, environments: &[Environment]) {
+        let steps: usize = environments.iter().map(|e| e.steps.len()).sum();
+        if steps > limits::PIPELINE_STEPS {
+            self.problem(
+                "environments",
+                format!(
+                    "{steps} steps in all; a pipeline has at most {} (a run records each)",
+                    limits::PIPELINE_STEPS
+                ),
+            );
+        }
+        let required: u32 = environments
+            .iter()
+            .flat_map(|e| &e.steps)
+            .filter_map(|s| match &s.kind {
+                StepKind::Approval(a) => Some(a.required),
+                _ => None,
+            })
+            .sum();
+        if required > limits::PIPELINE_REQUIRED {
+            self.problem(
+                "environments",
+                format!(
+                    "the approvals require {required} approvals in all; a pipeline requires at most {}",
+                    limits::PIPELINE_REQUIRED
+                ),
+            );
+        }
     }
 
     /// A name (pipeline, environment, step, plugin) is 1 to 64 of

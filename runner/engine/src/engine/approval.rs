@@ -176,7 +176,6 @@ impl Engine {
             deadline_ms: now + spec.timeout.0.as_millis() as u64,
         });
         st.status = StepStatus::Waiting;
-        let token = progress.token.clone();
         match approval_next(progress, spec, &env.name, now) {
             ApprovalNext::Approved(detail) => self.pass_step(cx.run, &detail),
             ApprovalNext::Rejected(why) | ApprovalNext::TimedOut(why) => {
@@ -184,7 +183,7 @@ impl Engine {
             }
             ApprovalNext::Wait { until_ms, reason } => {
                 if first {
-                    self.request_approval(cx.run, env, name, spec, token);
+                    self.request_approval(cx.run, env, name);
                     if cx.run.has_deliveries() {
                         // The request goes out first; the next look parks.
                         let id = cx.run.id.clone();
@@ -198,34 +197,36 @@ impl Engine {
     }
 
     /// Queues the "awaiting approval" notifications.
-    fn request_approval(
-        &self,
-        run: &mut Run,
-        env: &Environment,
-        name: &str,
-        spec: &Approval,
-        token: String,
-    ) {
-        let excluded = if spec.allow_self_approval {
-            vec![]
-        } else {
-            run.event.involved()
-        };
-        let kind = EventKind::AwaitingApproval {
-            required: spec.required,
-            received: 0,
-            approvers: spec.approvers.clone(),
-            excluded,
-            token,
-            timeout_seconds: spec.timeout.0.as_secs(),
-        };
+    fn request_approval(&self, run: &mut Run, env: &Environment, name: &str) {
         let summary = format!(
             "{} {} waits for approval in {} ({name})",
             run.artifact.repository,
             short(&run.artifact.commit_sha),
             env.name
         );
-        self.notify(run, env, NotifyEvent::AwaitingApproval, kind, &summary);
+        let cursor = run.stage().map(|s| s.cursor);
+        self.notify(run, env, NotifyEvent::AwaitingApproval, cursor, &summary);
+    }
+}
+
+/// What an approval request tells a notifier: who may approve, who may
+/// not, how many are needed and received, and the token a button carries.
+pub(crate) fn approval_request(
+    run: &Run,
+    spec: &Approval,
+    progress: &ApprovalProgress,
+) -> EventKind {
+    EventKind::AwaitingApproval {
+        required: spec.required,
+        received: progress.decisions.iter().filter(|d| d.approve).count() as u32,
+        approvers: spec.approvers.clone(),
+        excluded: if spec.allow_self_approval {
+            vec![]
+        } else {
+            run.event.involved()
+        },
+        token: progress.token.clone(),
+        timeout_seconds: spec.timeout.0.as_secs(),
     }
 }
 

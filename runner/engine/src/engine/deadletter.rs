@@ -6,7 +6,6 @@
 //! puts it back where it was.
 
 use gantry_pipeline::NotifyEvent;
-use gantry_plugin_api::EventKind;
 use gantry_store::{ListQuery, Outgoing, Precondition, Put, Received, Write};
 
 use super::checkpoint::Tx;
@@ -131,10 +130,7 @@ impl Engine {
                 record.error,
                 record.id
             );
-            let kind = EventKind::Failed {
-                reason: format!("needs attention: {}", record.error),
-            };
-            self.notify(&mut run, env, NotifyEvent::DeadLettered, kind, &summary);
+            self.notify(&mut run, env, NotifyEvent::DeadLettered, None, &summary);
         }
         tx.count(id, before, run.status);
         let due_at = if run.outbox.iter().any(|n| n.attention) {

@@ -17,6 +17,10 @@ use crate::crash::CrashPoint;
 use crate::error::Error;
 use crate::model::{EffectIntent, run_key};
 
+/// How long an effect runs on a single-process backend before the run is
+/// written to show it under way.
+const PROGRESS_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The last part of an idempotency key: which effect of the step it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Slot {
@@ -59,7 +63,7 @@ impl Engine {
         effect: impl Future<Output = T>,
     ) -> Result<T, Error> {
         let outcome = if self.caps.single_process {
-            effect.await
+            self.showing_progress(cx, key, effect).await?
         } else {
             self.lease(cx, key).await?;
             self.renewing(cx, effect).await
@@ -69,6 +73,30 @@ impl Engine {
         self.crash.reached(CrashPoint::EffectDone);
         cx.run.effect = None;
         Ok(outcome)
+    }
+
+    /// Awaits `effect` on a single-process backend, where nothing needs
+    /// keeping out: an effect done within [`PROGRESS_AFTER`] writes nothing
+    /// before its result; a longer one (a deploy of minutes) checkpoints
+    /// the transition so far, so the run shows the step under way.
+    async fn showing_progress<T>(
+        &self,
+        cx: &mut Cx<'_>,
+        key: &str,
+        effect: impl Future<Output = T>,
+    ) -> Result<T, Error> {
+        tokio::pin!(effect);
+        tokio::select! {
+            outcome = &mut effect => Ok(outcome),
+            _ = tokio::time::sleep(PROGRESS_AFTER) => {
+                let shown = self.lease(cx, key).await;
+                let outcome = effect.await;
+                // The effect is not cut short (a deploy killed half-way is
+                // worse than one repeated); its result is recorded only if
+                // the transition so far was.
+                shown.map(|()| outcome)
+            }
+        }
     }
 
     /// Checkpoints the transition so far with a lease for effect `key` on

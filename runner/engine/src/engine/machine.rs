@@ -4,7 +4,7 @@
 //! `rollback`.
 
 use gantry_pipeline::{Environment, NotifyEvent, OnFailure, StepKind};
-use gantry_plugin_api::{Direction, EventKind, PluginRef, StepContext};
+use gantry_plugin_api::{Direction, PluginRef, StepContext};
 
 use super::advance::Cx;
 use super::effects::{Slot, effect_key};
@@ -109,13 +109,7 @@ impl Engine {
             short(&sha),
             env.name
         );
-        self.notify(
-            cx.run,
-            env,
-            NotifyEvent::Started,
-            EventKind::Started,
-            &summary,
-        );
+        self.notify(cx.run, env, NotifyEvent::Started, None, &summary);
         Ok(Next::Continue)
     }
 
@@ -365,8 +359,7 @@ impl Engine {
             env.name
         );
         self.end_run(cx.run, RunStatus::Failed, &summary);
-        let kind = EventKind::Failed { reason };
-        self.notify(cx.run, env, NotifyEvent::Failed, kind, &summary);
+        self.notify(cx.run, env, NotifyEvent::Failed, None, &summary);
         Ok(after_end(cx.run))
     }
 
@@ -413,13 +406,7 @@ impl Engine {
         let stage = stage(cx.run)?;
         stage.status = StageStatus::Succeeded;
         stage.finished_ms = Some(now);
-        self.notify(
-            cx.run,
-            env,
-            NotifyEvent::Succeeded,
-            EventKind::Succeeded,
-            &summary,
-        );
+        self.notify(cx.run, env, NotifyEvent::Succeeded, None, &summary);
         if cx.run.current + 1 < cx.run.stages.len() {
             cx.run.current += 1;
             return Ok(Next::Continue);
@@ -443,13 +430,14 @@ impl Engine {
         }
     }
 
-    /// Queues the notifications `env` wants for `event`.
+    /// Queues the notifications `env` wants for `event`; `approval`: the
+    /// approval step an approval request is for.
     pub(super) fn notify(
         &self,
         run: &mut Run,
         env: &Environment,
         event: NotifyEvent,
-        kind: EventKind,
+        approval: Option<usize>,
         summary: &str,
     ) {
         let summary = cap(summary, bounded::LINE, "notification", &run.id);
@@ -464,7 +452,7 @@ impl Engine {
                 key: format!("{}/{}/{step}/{}-{serial}", run.id, env.name, event.name()),
                 step,
                 event,
-                kind: kind.clone(),
+                approval,
                 summary: summary.clone(),
                 attention: event == NotifyEvent::DeadLettered,
             });

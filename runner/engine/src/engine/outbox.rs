@@ -3,7 +3,8 @@
 //! notification's evidence is read when it goes out, so the outbox holds a
 //! line, not a copy of the ledger.
 
-use gantry_plugin_api::{Event, Observation};
+use gantry_pipeline::{NotifyEvent, Pipeline, StepKind};
+use gantry_plugin_api::{Event, EventKind, Observation};
 use gantry_store::{Precondition, Put, Received, Write};
 
 use super::advance::Cx;
@@ -28,6 +29,54 @@ fn after_delivery(run: &Run) -> Next {
     }
 }
 
+/// What happened, for `note`, as the run says now.
+fn event_kind(run: &Run, def: &Pipeline, note: &Notification) -> EventKind {
+    let stage = run.stages.get(note.stage);
+    let failure = || {
+        stage
+            .and_then(|s| s.failure.clone())
+            .unwrap_or_else(|| "a step failed".into())
+    };
+    match note.event {
+        NotifyEvent::Started => EventKind::Started,
+        NotifyEvent::Succeeded => EventKind::Succeeded,
+        NotifyEvent::Failed => EventKind::Failed { reason: failure() },
+        NotifyEvent::RolledBack => EventKind::RolledBack {
+            from_sha: run.artifact.commit_sha.clone(),
+            to_sha: stage
+                .and_then(|s| s.rollback.as_ref())
+                .and_then(|r| r.to.as_ref())
+                .map(|a| a.commit_sha.clone())
+                .unwrap_or_default(),
+            reason: failure(),
+        },
+        NotifyEvent::DeadLettered => EventKind::Failed {
+            reason: format!(
+                "needs attention: {}",
+                run.attention.as_ref().map_or("", |a| a.error.as_str())
+            ),
+        },
+        NotifyEvent::AwaitingApproval => {
+            let approval = note.approval.and_then(|i| {
+                let stage = stage?;
+                let spec =
+                    def.environment(&stage.environment)?
+                        .steps
+                        .get(i)
+                        .and_then(|s| match &s.kind {
+                            StepKind::Approval(a) => Some(a),
+                            _ => None,
+                        })?;
+                Some((spec, stage.steps.get(i)?.approval.as_ref()?))
+            });
+            match approval {
+                Some((spec, progress)) => super::approval::approval_request(run, spec, progress),
+                None => EventKind::Started,
+            }
+        }
+    }
+}
+
 impl Engine {
     /// Delivers the first notification of the outbox.
     pub(super) async fn deliver(&self, cx: &mut Cx<'_>, note: Notification) -> Result<Next, Error> {
@@ -49,7 +98,7 @@ impl Engine {
         }) else {
             return Ok(());
         };
-        let event = self.event(cx.run, note, &env_name).await?;
+        let event = self.event(cx.run, def, note, &env_name).await?;
         let ctx = self.context(
             cx.run,
             env,
@@ -69,11 +118,13 @@ impl Engine {
         Ok(())
     }
 
-    /// The event a notifier gets for `note`: its kind and line, the latest
+    /// The event a notifier gets for `note`: what happened (read from the
+    /// run now: the reason, the approval asked for), its line, the latest
     /// evidence of the run's artifact in the environment, and the run's URL.
     async fn event(
         &self,
         run: &Run,
+        def: &Pipeline,
         note: &Notification,
         environment: &str,
     ) -> Result<Event, Error> {
@@ -86,7 +137,7 @@ impl Engine {
             )
             .await?;
         Ok(Event {
-            kind: note.kind.clone(),
+            kind: event_kind(run, def, note),
             summary: note.summary.clone(),
             evidence: entries
                 .into_iter()

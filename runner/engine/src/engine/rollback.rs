@@ -5,7 +5,7 @@
 //! one effect and one checkpoint.
 
 use gantry_pipeline::{Environment, NotifyEvent, StepKind};
-use gantry_plugin_api::{Direction, EventKind};
+use gantry_plugin_api::Direction;
 
 use super::advance::Cx;
 use super::effects::{Slot, effect_key};
@@ -124,7 +124,7 @@ impl Engine {
             .clone()
             .unwrap_or_else(|| "a step failed".into());
         let to = stage(cx.run)?.rollback.as_ref().and_then(|r| r.to.clone());
-        let (status, summary, kind) = match &to {
+        let (status, summary) = match &to {
             Some(artifact) => (
                 RunStatus::RolledBack,
                 format!(
@@ -132,11 +132,6 @@ impl Engine {
                     env.name,
                     short(&artifact.commit_sha)
                 ),
-                EventKind::RolledBack {
-                    from_sha: cx.run.artifact.commit_sha.clone(),
-                    to_sha: artifact.commit_sha.clone(),
-                    reason: failure.clone(),
-                },
             ),
             None => (
                 RunStatus::Failed,
@@ -144,9 +139,6 @@ impl Engine {
                     "{failure}; {} had no previous artifact to restore",
                     env.name
                 ),
-                EventKind::Failed {
-                    reason: failure.clone(),
-                },
             ),
         };
         let now = self.now();
@@ -177,7 +169,7 @@ impl Engine {
         } else {
             NotifyEvent::Failed
         };
-        self.notify(cx.run, env, event, kind, &summary);
+        self.notify(cx.run, env, event, None, &summary);
         Ok(after_end(cx.run))
     }
 }

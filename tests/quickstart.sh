@@ -45,7 +45,7 @@ wait_for() {
   for _ in $(seq 300); do
     status=$("$gantry" runs show "$run" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])')
     [ "$status" = "$want" ] && return 0
-    case "$status" in succeeded|failed|rolled_back|superseded) break ;; esac
+    case "$status" in succeeded|failed|rolled_back|superseded|needs_attention) break ;; esac
     sleep 0.1
   done
   echo "run $run is $status, expected $want" >&2

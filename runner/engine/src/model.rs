@@ -5,15 +5,16 @@
 //! | item | partition | sort |
 //! |---|---|---|
 //! | a run | `run/{id}` | `run` |
-//! | the run index (newest first) | `runs` | `{created_ms:015}/{id}` |
+//! | the run index, in 8 shards | `runs/{shard}` | `{created_ms:015}/{id}` |
 //! | an environment's lock and history | `env/{pipeline}/{env}` | `state` |
+//! | the index of environments | `envs` | `{pipeline}/{env}` |
 //! | a run queued for an environment | `waiter/{pipeline}/{env}` | `{ticket:020}` |
 //! | an artifact's evidence summary | `evidence/{pipeline}` | `{sha}/{env}` |
 //! | one evidence entry | `evidence/{pipeline}/{sha}/{env}` | `{at_ms:015}/{run}/{serial:06}` |
 //! | a pinned pipeline definition | `pipeline/{name}` | `{version}` |
 //! | a deployment protection rule review | `review/{delivery}` | `review` |
-//! | a dead letter | `deadletter` | `{at_ms:015}-{message id}` |
-//! | counters (runs by status, dead letters) | `counter` | `{name}/{shard}` |
+//! | a dead letter | `deadletter` | `{message id}` |
+//! | counters (runs by status, dead letters), in 8 shards | `counter/{shard}` | `{name}` |
 //! | the sweeper's lease | `lease` | `sweeper` |
 
 use gantry_pipeline::NotifyEvent;
@@ -27,18 +28,39 @@ pub fn run_key(id: &str) -> Key {
     Key::new(format!("run/{id}"), "run")
 }
 
-/// The partition of the run index.
-pub const RUNS_PARTITION: &str = "runs";
+/// The run index is spread over this many partitions (every intake
+/// writes it), listed together.
+pub const RUN_INDEX_SHARDS: u64 = 8;
 
-/// A run's entry in the run index: newest last in sort order.
+/// The partition of shard `shard` of the run index.
+pub fn run_index_partition(shard: u64) -> String {
+    format!("runs/{shard}")
+}
+
+/// A run's entry in the run index: sorted by creation time.
 pub fn run_index_key(created_ms: u64, id: &str) -> Key {
-    Key::new(RUNS_PARTITION, format!("{created_ms:015}/{id}"))
+    Key::new(
+        run_index_partition(shard(id, RUN_INDEX_SHARDS)),
+        format!("{created_ms:015}/{id}"),
+    )
+}
+
+/// Which of `shards` `id` falls in (stable across processes).
+pub fn shard(id: &str, shards: u64) -> u64 {
+    id.bytes()
+        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
+        % shards
 }
 
 /// The key of an environment's state.
 pub fn env_key(pipeline: &str, environment: &str) -> Key {
     Key::new(format!("env/{pipeline}/{environment}"), "state")
 }
+
+/// The partition of the index of environment items: one item per
+/// environment ever written, `{pipeline}/{environment}`, so the sweeper
+/// finds environments a pipeline file no longer names.
+pub const ENVIRONMENTS: &str = "envs";
 
 /// The partition of the runs queued for an environment, in queue order.
 pub fn waiter_partition(pipeline: &str, environment: &str) -> String {
@@ -74,6 +96,10 @@ pub fn pipeline_key(name: &str, version: &str) -> Key {
     Key::new(format!("pipeline/{name}"), version)
 }
 
+/// How long a review is kept after its deadline or its answer, to dedupe
+/// redeliveries: GitHub lets people redeliver a webhook for 3 days.
+pub const KEPT_MS: u64 = 7 * 86_400_000;
+
 /// The key of a deployment protection rule review.
 pub fn review_key(delivery: &str) -> Key {
     Key::new(format!("review/{delivery}"), "review")
@@ -82,24 +108,24 @@ pub fn review_key(delivery: &str) -> Key {
 /// The partition of the dead letters, oldest first.
 pub const DEAD_LETTERS: &str = "deadletter";
 
-/// The key of a dead letter.
-pub fn dead_letter_key(at_ms: u64, message: &str) -> Key {
-    Key::new(DEAD_LETTERS, format!("{at_ms:015}-{message}"))
+/// The key of the dead letter of message `message`: one per message, so a
+/// message dead-lettered twice (its ack lost) is one dead letter.
+pub fn dead_letter_key(message: &str) -> Key {
+    Key::new(DEAD_LETTERS, message)
 }
 
-/// The partition of the counters.
-pub const COUNTERS: &str = "counter";
-
-/// Counters are spread over this many items each, so no one item is hot.
+/// Counters are spread over this many partitions each, so no one item or
+/// partition is hot.
 pub const COUNTER_SHARDS: u64 = 8;
+
+/// The partition of shard `shard` of the counters.
+pub fn counter_partition(shard: u64) -> String {
+    format!("counter/{shard}")
+}
 
 /// The shard of counter `name` that `id` counts in.
 pub fn counter_key(name: &str, id: &str) -> Key {
-    let shard = id
-        .bytes()
-        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
-        % COUNTER_SHARDS;
-    Key::new(COUNTERS, format!("{name}/{shard}"))
+    Key::new(counter_partition(shard(id, COUNTER_SHARDS)), name)
 }
 
 /// The counter of runs in `status`.
@@ -383,8 +409,10 @@ pub struct Run {
     pub current: usize,
     /// The token its live `Advance` message carries; older ones are stale.
     pub wake: u64,
-    /// When it should next be looked at, Unix ms: `None` while it waits
-    /// for an environment or a person, or is over.
+    /// When it should next be looked at, Unix ms: a timer's time (a
+    /// retry-after, a soak, an approval's deadline, a failed step's retry),
+    /// or when it went on; `None` while it waits for an environment, needs
+    /// a person, or is over.
     #[serde(default)]
     pub due_ms: Option<u64>,
     /// Notifications still to send, oldest first.
@@ -401,6 +429,10 @@ pub struct Run {
     /// Why a person must look at it, when its message was dead-lettered.
     #[serde(default)]
     pub attention: Option<Attention>,
+    /// Its last transitions failed and it is tried again at `due_ms`: how
+    /// often, and why.
+    #[serde(default)]
+    pub retrying: Option<Retrying>,
     /// Numbers the keys of its notifications, reports and evidence entries.
     #[serde(default)]
     pub serial: u64,
@@ -454,6 +486,17 @@ pub struct Attention {
     pub at_ms: u64,
     /// The status it goes back to when retried.
     pub resume: RunStatus,
+}
+
+/// A run whose transitions failed and that is tried again later.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retrying {
+    /// Failed attempts so far.
+    pub attempt: u32,
+    /// The last error.
+    pub error: String,
+    /// When it is tried again, Unix ms.
+    pub next_ms: u64,
 }
 
 /// A side effect in flight: written before it starts, cleared when its
@@ -530,6 +573,18 @@ pub struct Notification {
     /// For an approval request: the approval step's index in the stage.
     #[serde(default)]
     pub approval: Option<usize>,
+    /// When it was queued, Unix ms, and the run's serial then: the
+    /// evidence it carries is the ledger up to that point, so a repeated
+    /// delivery says the same.
+    #[serde(default)]
+    pub queued_ms: u64,
+    /// The run's serial when it was queued.
+    #[serde(default)]
+    pub serial: u64,
+    /// For an approval request: how many decisions the approval had when
+    /// it was queued (a repeated delivery counts the same ones).
+    #[serde(default)]
+    pub decisions: usize,
     /// One line for people.
     pub summary: String,
     /// Sent while the run needs attention: tried once, never retried (the
@@ -738,8 +793,6 @@ pub struct Poll {
     pub entry: String,
     /// Answers so far.
     pub count: u32,
-    /// When the first came, Unix ms.
-    pub first_ms: u64,
 }
 
 /// An approval's progress.
@@ -930,4 +983,7 @@ pub struct DeadLetter {
     /// The run it concerns, if any.
     #[serde(default)]
     pub run: Option<String>,
+    /// The review it concerns (its delivery), if any.
+    #[serde(default)]
+    pub review: Option<String>,
 }

@@ -1,5 +1,5 @@
 //! The worker pool: receives messages and lets the [`Engine`] handle each,
-//! and runs the sweeper beside them. A worker holds a message only while
+//! and runs the sweeper and the heartbeat beside them. A worker holds a message only while
 //! its run moves; parked runs (approvals, timers) are items in the store
 //! and delayed messages, not tasks.
 
@@ -17,6 +17,7 @@ const RECEIVE_MAX: usize = 10;
 /// turns true; then lets the handlers in flight finish.
 pub async fn run(engine: Arc<Engine>, concurrency: usize, mut stop: watch::Receiver<bool>) {
     let sweeper = tokio::spawn(engine.clone().run_sweeper(stop.clone()));
+    let heartbeat = tokio::spawn(engine.clone().run_heartbeat(stop.clone()));
     let slots = Arc::new(Semaphore::new(concurrency.max(1)));
     let visibility = engine.config().visibility;
     loop {
@@ -61,4 +62,5 @@ pub async fn run(engine: Arc<Engine>, concurrency: usize, mut stop: watch::Recei
     }
     let _ = slots.acquire_many(concurrency.max(1) as u32).await;
     let _ = sweeper.await;
+    let _ = heartbeat.await;
 }

@@ -1,16 +1,16 @@
 //! Handling an `Advance`: the checks that make any copy of any message
 //! harmless, then the run's transitions, one checkpoint each.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use gantry_pipeline::Pipeline;
-use gantry_store::{Outgoing, Precondition, Put, Received, Write};
+use gantry_store::{Outgoing, Received};
 
 use super::checkpoint::Tx;
-use super::schedule::{Next, advance_message};
-use super::{Engine, decode, encode};
+use super::schedule::{Next, run_write};
+use super::{Engine, decode};
 use crate::crash::CrashPoint;
 use crate::error::Error;
 use crate::model::{Run, RunStatus, run_key};
@@ -47,17 +47,22 @@ pub(crate) struct Cx<'a> {
 
 /// A run this process is advancing; released on drop.
 struct ActiveRun<'a> {
-    set: &'a Mutex<HashSet<String>>,
+    set: &'a Mutex<HashMap<String, u64>>,
     id: String,
 }
 
 impl<'a> ActiveRun<'a> {
-    /// Claims `id`, or `None` when a handler of this process has it.
-    fn claim(set: &'a Mutex<HashSet<String>>, id: &str) -> Option<Self> {
+    /// Claims `id` for a message with wake token `wake`, or returns the
+    /// wake token of the message a handler of this process has it for.
+    fn claim(set: &'a Mutex<HashMap<String, u64>>, id: &str, wake: u64) -> Result<Self, u64> {
         let mut active = set
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        active.insert(id.to_string()).then(|| ActiveRun {
+        if let Some(handled) = active.get(id) {
+            return Err(*handled);
+        }
+        active.insert(id.to_string(), wake);
+        Ok(ActiveRun {
             set,
             id: id.to_string(),
         })
@@ -77,7 +82,10 @@ impl Drop for ActiveRun<'_> {
 impl Engine {
     /// Whether a handler of this process is advancing run `id`.
     pub(super) fn is_active(&self, id: &str) -> bool {
-        self.active.lock().map(|a| a.contains(id)).unwrap_or(false)
+        self.active
+            .lock()
+            .map(|a| a.contains_key(id))
+            .unwrap_or(false)
     }
 
     /// Handles `Advance { run: id, wake }`.
@@ -133,10 +141,20 @@ impl Engine {
                 .await?;
             return Ok("leased");
         }
-        let Some(_claim) = ActiveRun::claim(&self.active, id) else {
-            return Err(Error::LostRace(
-                "another handler of this process is advancing the run".into(),
-            ));
+        let _claim = match ActiveRun::claim(&self.active, id, wake) {
+            Ok(claim) => claim,
+            // A copy of the message another handler here has: that handler
+            // sends what follows, or its own message comes back.
+            Err(handled) if handled >= wake => {
+                self.ack(received).await;
+                return Ok("duplicate");
+            }
+            // Sent by a handler that is finishing: look again shortly.
+            Err(_) => {
+                return Err(Error::LostRace(
+                    "another handler of this process is finishing with the run".into(),
+                ));
+            }
         };
         let def = self
             .definition(&run.pipeline, &run.pipeline_version)
@@ -155,13 +173,16 @@ impl Engine {
         def: &Pipeline,
         received: &Received,
     ) -> Result<&'static str, Error> {
-        let key = run_key(&run.id);
+        let _key = run_key(&run.id);
         let started = self.now();
         let mut written = run.status;
         let mut chained = 0;
         loop {
             let step_started = Instant::now();
             let mut tx = Tx::default();
+            if run.retrying.take().is_some() {
+                run.reason = None;
+            }
             let mut cx = Cx {
                 run,
                 version: &mut version,
@@ -176,13 +197,7 @@ impl Engine {
             let due_at = self.schedule(run, &mut tx, next, chain);
             tx.count(&run.id, written, run.status);
             run.updated_ms = self.now();
-            let run_write = Write::Put(Put {
-                key: key.clone(),
-                value: encode(&*run),
-                precondition: Precondition::MatchesVersion(version),
-                expires_at_ms: None,
-                due_at_ms: due_at,
-            });
+            let run_write = run_write(run, version, due_at);
             let ack = (!chain).then(|| received.receipt.clone());
             let leased = tx.effects > 0 && !self.caps.single_process;
             if let Err(e) = self
@@ -227,13 +242,7 @@ impl Engine {
             return;
         }
         run.effect = None;
-        let write = Write::Put(Put {
-            key,
-            value: encode(&run),
-            precondition: Precondition::MatchesVersion(item.version),
-            expires_at_ms: None,
-            due_at_ms: self.due_at(&run),
-        });
+        let write = run_write(&run, item.version, self.due_at(&run));
         if let Err(e) = self.backend.write(vec![write]).await {
             tracing::debug!(run = id, error = %e, "could not clear a lease; it runs out");
         }
@@ -257,15 +266,6 @@ impl Engine {
         if let Err(e) = self.backend.ack(&received.receipt).await {
             tracing::warn!(message = %received.id, error = %e, "ack failed; the message will come back and be dropped");
         }
-    }
-
-    /// Sends `run` another `Advance` now, in its own write, for a run
-    /// changed outside a transition (a person's decision, a retry).
-    pub(super) fn wake_now(&self, run: &mut Run, tx: &mut Tx) -> Option<u64> {
-        run.wake += 1;
-        run.due_ms = Some(self.now());
-        tx.send(Outgoing::now(advance_message(run)));
-        self.due_at(run)
     }
 }
 

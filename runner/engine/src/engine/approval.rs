@@ -210,15 +210,22 @@ impl Engine {
 }
 
 /// What an approval request tells a notifier: who may approve, who may
-/// not, how many are needed and received, and the token a button carries.
+/// not, how many are needed and were received among the first `decisions`
+/// decisions, and the token a button carries.
 pub(crate) fn approval_request(
     run: &Run,
     spec: &Approval,
     progress: &ApprovalProgress,
+    decisions: usize,
 ) -> EventKind {
     EventKind::AwaitingApproval {
         required: spec.required,
-        received: progress.decisions.iter().filter(|d| d.approve).count() as u32,
+        received: progress
+            .decisions
+            .iter()
+            .take(decisions)
+            .filter(|d| d.approve)
+            .count() as u32,
         approvers: spec.approvers.clone(),
         excluded: if spec.allow_self_approval {
             vec![]

@@ -10,7 +10,9 @@ use gantry_store::{Checkpoint, Key, Outgoing, Precondition, Receipt, Write};
 use serde::Serialize;
 
 use super::encode;
-use crate::model::{EnvState, EvidenceSummary, RunStatus, counter_key, status_counter};
+use crate::model::{
+    ENVIRONMENTS, EnvState, EvidenceSummary, RunStatus, counter_key, status_counter,
+};
 
 /// An item read into a transition.
 pub(super) struct Loaded<T> {
@@ -103,6 +105,17 @@ impl Tx {
     ) -> Checkpoint {
         let mut writes: Vec<Write> = first.into_iter().collect();
         for (key, env) in std::mem::take(&mut self.envs) {
+            if env.version.is_none()
+                && env.value != env.original
+                && let Some(name) = key.partition.strip_prefix("env/")
+            {
+                // The environment's first write: it joins the index.
+                writes.push(Write::put(
+                    Key::new(ENVIRONMENTS, name),
+                    Vec::new(),
+                    Precondition::None,
+                ));
+            }
             writes.extend(env.write(key, true));
         }
         for (key, summary) in std::mem::take(&mut self.summaries) {
@@ -114,12 +127,7 @@ impl Tx {
                 writes.push(Write::Increment { key, delta });
             }
         }
-        let token = match writes.first() {
-            Some(Write::Put(put)) => format!("{}:{:?}", put.key, put.precondition),
-            _ => String::new(),
-        };
         Checkpoint {
-            token,
             writes,
             send: std::mem::take(&mut self.sends),
             ack,

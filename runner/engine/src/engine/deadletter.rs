@@ -10,6 +10,7 @@ use gantry_store::{ListQuery, Outgoing, Precondition, Put, Received, Write};
 
 use super::checkpoint::Tx;
 use super::intake::body;
+use super::schedule::run_write;
 use super::{Engine, decode, encode, short};
 use crate::bounded::{self, cap};
 use crate::error::Refusal;
@@ -20,21 +21,27 @@ const ATTEMPTS: usize = 5;
 
 impl Engine {
     /// Gives up on `received`: records it as a dead letter with `error`,
-    /// marks its run as needing attention, and acks it.
+    /// marks its run as needing attention (or stops its review), and acks
+    /// it. A message already recorded is only acked.
     pub(super) async fn dead_letter(
         &self,
         received: &Received,
         envelope: Option<&Envelope>,
         error: &str,
     ) {
-        let now = self.now();
-        let key = dead_letter_key(now, &received.id);
-        let run_id = match envelope.map(|e| &e.message) {
-            Some(Message::Advance { run, .. }) => Some(run.clone()),
-            _ => None,
+        let (run, review) = match envelope.map(|e| &e.message) {
+            Some(Message::Advance { run, .. }) => (Some(run.clone()), None),
+            Some(Message::Review { delivery, .. }) => (None, Some(delivery.clone())),
+            None => (None, None),
         };
+        if run.as_deref().is_some_and(|id| self.is_active(id)) {
+            // Another handler here is advancing the run: it, not this copy,
+            // decides what happens next.
+            tracing::warn!(message = %received.id, run = ?run, error, "a copy of a run's message failed while the run moved on; dropped");
+            return self.ack(received).await;
+        }
         let record = DeadLetter {
-            id: key.sort.clone(),
+            id: received.id.clone(),
             message: cap(
                 &String::from_utf8_lossy(&received.body),
                 bounded::MESSAGE,
@@ -44,13 +51,19 @@ impl Engine {
             error: cap(error, bounded::REASON, "dead letter error", "-"),
             receive_count: received.receive_count,
             attempts: envelope.map_or(0, |e| e.attempt),
-            at_ms: now,
-            run: run_id.clone(),
+            at_ms: self.now(),
+            run,
+            review,
         };
-        tracing::error!(message = %received.id, run = ?run_id, error, "message dead-lettered; a person must look");
+        tracing::error!(message = %received.id, run = ?record.run, error, "message dead-lettered; a person must look");
+        let key = dead_letter_key(&received.id);
         for _ in 0..ATTEMPTS {
             let mut tx = Tx::default();
-            tx.write(Write::put(key.clone(), encode(&record), Precondition::None));
+            tx.write(Write::put(
+                key.clone(),
+                encode(&record),
+                Precondition::DoesNotExist,
+            ));
             tx.add(DEAD_LETTER_COUNTER, &record.id, 1);
             let stopped = match envelope.map(|e| &e.message) {
                 Some(Message::Advance { run, wake }) => {
@@ -66,6 +79,10 @@ impl Engine {
             let checkpoint = tx.take(run_write, Some(received.receipt.clone()), false);
             match self.backend.checkpoint(checkpoint).await {
                 Ok(()) => return,
+                // Recorded before (this message's ack was lost).
+                Err(gantry_store::Error::Conflict { key: found, .. }) if found == key => {
+                    return self.ack(received).await;
+                }
                 Err(gantry_store::Error::Conflict { .. }) => continue,
                 Err(e) => {
                     tracing::error!(message = %received.id, error = %e, "cannot record the dead letter; the message will come back");
@@ -73,6 +90,7 @@ impl Engine {
                 }
             }
         }
+        tracing::error!(message = %received.id, "the dead letter's run kept changing; the message will come back");
     }
 
     /// The write that marks run `id` as needing attention for dead letter
@@ -140,13 +158,7 @@ impl Engine {
             None
         };
         run.updated_ms = self.now();
-        Ok(Some(Write::Put(Put {
-            key,
-            value: encode(&run),
-            precondition: Precondition::MatchesVersion(item.version),
-            expires_at_ms: None,
-            due_at_ms: due_at,
-        })))
+        Ok(Some(run_write(&run, item.version, due_at)))
     }
 
     /// The write that stops the sweeper sending review `delivery` again
@@ -162,12 +174,13 @@ impl Engine {
             key,
             value: encode(&review),
             precondition: Precondition::MatchesVersion(item.version),
-            expires_at_ms: Some(review.review.deadline_ms + 7 * 86_400_000),
+            expires_at_ms: Some(review.review.deadline_ms + KEPT_MS),
             due_at_ms: None,
         })))
     }
 
-    /// Dead letters, oldest first: a page of at most `limit` after `after`.
+    /// Dead letters: a page of at most `limit` after `after` (pages go by
+    /// message id), oldest first within it.
     pub async fn dead_letters(
         &self,
         limit: usize,
@@ -175,11 +188,12 @@ impl Engine {
     ) -> Result<(Vec<DeadLetter>, Option<String>), gantry_store::Error> {
         let query = ListQuery::partition(DEAD_LETTERS, limit.clamp(1, 1000)).after(after);
         let page = self.backend.list(&query).await?;
-        let letters = page
+        let mut letters: Vec<DeadLetter> = page
             .items
             .iter()
             .filter_map(|item| serde_json::from_slice(&item.value).ok())
             .collect();
+        letters.sort_by_key(|l| l.at_ms);
         Ok((letters, page.next))
     }
 
@@ -200,9 +214,10 @@ impl Engine {
                 Precondition::MatchesVersion(item.version),
             ));
             tx.add(DEAD_LETTER_COUNTER, &letter.id, -1);
-            let run_write = match &letter.run {
-                Some(run) => self.resume(run, &letter.id, &mut tx).await?,
-                None => {
+            let run_write = match (&letter.run, &letter.review) {
+                (Some(run), _) => self.resume(run, &letter.id, &mut tx).await?,
+                (None, Some(delivery)) => self.resume_review(delivery, &mut tx).await?,
+                (None, None) => {
                     let envelope: Option<Envelope> = serde_json::from_str(&letter.message).ok();
                     match envelope {
                         Some(e) => tx.send(Outgoing::now(body(e.message))),
@@ -224,6 +239,33 @@ impl Engine {
         Err(Refusal::Unavailable(
             "the dead letter's run kept changing; try again".into(),
         ))
+    }
+
+    /// The write that looks at review `delivery` again now, with its
+    /// message, unless it was answered.
+    async fn resume_review(&self, delivery: &str, tx: &mut Tx) -> Result<Option<Write>, Refusal> {
+        let key = review_key(delivery);
+        let Some(item) = self.backend.get(&key).await? else {
+            return Ok(None);
+        };
+        let mut review: ReviewItem = decode(&key, &item.value)?;
+        if review.answered.is_some() {
+            return Ok(None);
+        }
+        let now = self.now();
+        review.wake += 1;
+        review.due_ms = Some(now);
+        tx.send(Outgoing::now(body(Message::Review {
+            delivery: delivery.to_string(),
+            wake: review.wake,
+        })));
+        Ok(Some(Write::Put(Put {
+            key,
+            value: encode(&review),
+            precondition: Precondition::MatchesVersion(item.version),
+            expires_at_ms: Some(review.review.deadline_ms + KEPT_MS),
+            due_at_ms: Some(now + self.config.sweep_grace.as_millis() as u64),
+        })))
     }
 
     /// The write that puts run `id`, stopped by dead letter `letter`, back
@@ -255,12 +297,6 @@ impl Engine {
         run.reason = Some(format!("retried after dead letter {letter}"));
         let due_at = self.wake_now(&mut run, tx);
         run.updated_ms = self.now();
-        Ok(Some(Write::Put(Put {
-            key,
-            value: encode(&run),
-            precondition: Precondition::MatchesVersion(item.version),
-            expires_at_ms: None,
-            due_at_ms: due_at,
-        })))
+        Ok(Some(run_write(&run, item.version, due_at)))
     }
 }

@@ -15,11 +15,58 @@
 
 use std::time::Duration;
 
-use gantry_store::{Checkpoint, Outgoing, Received};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
+use gantry_store::{Checkpoint, Outgoing, Receipt, Received};
+
+use super::checkpoint::Tx;
+use super::schedule::run_write;
 use super::{Engine, encode};
+use crate::bounded;
 use crate::error::Error;
-use crate::model::{Envelope, Message, ReviewItem, Run, review_key, run_key};
+use crate::model::{Envelope, Message, Retrying, ReviewItem, Run, RunStatus, review_key, run_key};
+
+/// Messages this process is handling, by id: the receipt and when it was
+/// received (Unix ms).
+pub(super) type HeldMessages = Mutex<HashMap<String, (Receipt, u64)>>;
+
+/// A message being handled, in the heartbeat's list until dropped (also
+/// when its handler panics).
+struct Held<'a> {
+    list: &'a HeldMessages,
+    id: String,
+}
+
+impl<'a> Held<'a> {
+    fn new(list: &'a HeldMessages, received: &Received, now: u64) -> Self {
+        if let Ok(mut held) = list.lock() {
+            held.insert(received.id.clone(), (received.receipt.clone(), now));
+        }
+        Held {
+            list,
+            id: received.id.clone(),
+        }
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut held) = self.list.lock() {
+            held.remove(&self.id);
+        }
+    }
+}
+
+/// What became of a failed run's retry.
+enum Retry {
+    /// Written on the run, with its timer.
+    Scheduled,
+    /// The message no longer concerns the run.
+    Stale,
+    /// That was the last attempt.
+    Exhausted(u32),
+}
 
 /// A lost race is tried again after up to this much, spread per message.
 const RACE_SPREAD_MS: u64 = 50;
@@ -46,30 +93,45 @@ pub(crate) fn backoff(attempt: u32, cap: Duration, id: &str) -> Duration {
 
 impl Engine {
     /// Handles one received message: the handler's checkpoint acks it; on
-    /// an error it is sent again later, or dead-lettered.
+    /// an error it is sent again later, or dead-lettered. While it is
+    /// handled, the heartbeat keeps it hidden.
     pub async fn process(&self, received: Received) {
         self.metrics.busy(1);
-        let heartbeat = self.heartbeat(&received);
+        let _held = Held::new(&self.held, &received, self.now());
         self.dispatch(&received).await;
-        heartbeat.abort();
         self.metrics.busy(-1);
     }
 
-    /// Keeps `received` hidden from other workers while it is handled.
-    fn heartbeat(&self, received: &Received) -> tokio::task::JoinHandle<()> {
-        let backend = self.backend.clone();
-        let receipt = received.receipt.clone();
+    /// Keeps every message this process is handling hidden from other
+    /// workers, extending the visibility of each one held longer than a
+    /// third of it, every third of it, until `stop`. One task for all the
+    /// messages: a task per message cost a thread wake-up each.
+    pub async fn run_heartbeat(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         let visibility = self.config.visibility;
         let every = (visibility / 3).max(Duration::from_millis(10));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-            loop {
-                tick.tick().await;
-                if let Err(e) = backend.extend(&receipt, visibility).await {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let since = self.now().saturating_sub(every.as_millis() as u64);
+            let due: Vec<Receipt> = self
+                .held
+                .lock()
+                .map(|held| {
+                    held.values()
+                        .filter(|(_, at)| *at <= since)
+                        .map(|(receipt, _)| receipt.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            for receipt in due {
+                if let Err(e) = self.backend.extend(&receipt, visibility).await {
                     tracing::warn!(error = %e, "cannot extend a message's visibility");
                 }
             }
-        })
+        }
     }
 
     async fn dispatch(&self, received: &Received) {
@@ -105,25 +167,119 @@ impl Engine {
             }
             Error::LostRace(why) | Error::Retryable(why) => {
                 self.metrics.handler_error();
-                let attempt = envelope.attempt + 1;
-                if attempt >= self.config.max_attempts {
-                    let why = format!("{why} (after {attempt} attempts)");
-                    return self.dead_letter(received, Some(&envelope), &why).await;
+                if let Message::Advance { run, wake } = &envelope.message {
+                    self.retry_run(received, &envelope, run, *wake, &why).await;
+                } else {
+                    self.retry_message(received, envelope, &why).await;
                 }
-                let delay = backoff(attempt, self.config.backoff_cap, &received.id);
-                tracing::warn!(message = %received.id, attempt, retry_in = ?delay, error = %why, "message not handled; it will be tried again");
-                let again = Envelope {
-                    attempt,
-                    races: 0,
-                    ..envelope
-                };
-                self.again(received, &again, delay).await;
             }
             Error::Terminal(why) => {
                 self.metrics.handler_error();
                 self.dead_letter(received, Some(&envelope), &why).await;
             }
         }
+    }
+
+    /// Tries run `id` again after a backoff: the attempt, the error and the
+    /// time are written on the run (so `runs show` says so, and the sweeper
+    /// leaves it alone until then), with a timer; after the last attempt
+    /// the message is dead-lettered.
+    async fn retry_run(
+        &self,
+        received: &Received,
+        envelope: &Envelope,
+        id: &str,
+        wake: u64,
+        why: &str,
+    ) {
+        match self.schedule_retry(received, id, wake, why).await {
+            Ok(Retry::Scheduled) => {}
+            Ok(Retry::Stale) => self.ack(received).await,
+            Ok(Retry::Exhausted(attempts)) => {
+                let why = format!("{why} (after {attempts} attempts)");
+                self.dead_letter(received, Some(envelope), &why).await;
+            }
+            // The run could not be written: the message carries the count.
+            Err(e) => {
+                tracing::debug!(run = id, error = %e, "cannot record a retry on the run");
+                self.retry_message(received, envelope.clone(), why).await;
+            }
+        }
+    }
+
+    async fn schedule_retry(
+        &self,
+        received: &Received,
+        id: &str,
+        wake: u64,
+        why: &str,
+    ) -> Result<Retry, Error> {
+        let key = run_key(id);
+        let Some(item) = self.backend.get(&key).await? else {
+            return Ok(Retry::Stale);
+        };
+        let mut run: Run = super::decode(&key, &item.value)?;
+        if run.wake != wake || run.is_done() || run.status == RunStatus::NeedsAttention {
+            return Ok(Retry::Stale);
+        }
+        let attempt = run.retrying.as_ref().map_or(0, |r| r.attempt) + 1;
+        if attempt >= self.config.max_attempts {
+            return Ok(Retry::Exhausted(attempt));
+        }
+        let delay = backoff(attempt, self.config.backoff_cap, &received.id);
+        let next_ms = self.now() + delay.as_millis() as u64;
+        tracing::warn!(run = id, attempt, retry_in = ?delay, error = %why, "the run's step failed; it will be tried again");
+        let error = bounded::cap(why, bounded::REASON, "error", id);
+        run.reason = Some(bounded::cap(
+            &format!(
+                "attempt {attempt} failed, again in {} s: {why}",
+                delay.as_secs()
+            ),
+            bounded::LINE,
+            "reason",
+            id,
+        ));
+        run.retrying = Some(Retrying {
+            attempt,
+            error,
+            next_ms,
+        });
+        // A lease this process took for the failed effect would only hold
+        // the run up for others.
+        if run
+            .effect
+            .as_ref()
+            .is_some_and(|e| e.lease_owner == self.config.worker_id)
+        {
+            run.effect = None;
+        }
+        run.due_ms = Some(next_ms);
+        let mut tx = Tx::default();
+        let due_at = self.timer(&run, &mut tx, next_ms);
+        run.updated_ms = self.now();
+        let write = run_write(&run, item.version, due_at);
+        self.backend
+            .checkpoint(tx.take(Some(write), Some(received.receipt.clone()), false))
+            .await?;
+        Ok(Retry::Scheduled)
+    }
+
+    /// Sends `envelope` again after a backoff by the attempts it carries,
+    /// or dead-letters it after the last.
+    async fn retry_message(&self, received: &Received, envelope: Envelope, why: &str) {
+        let attempt = envelope.attempt + 1;
+        if attempt >= self.config.max_attempts {
+            let why = format!("{why} (after {attempt} attempts)");
+            return self.dead_letter(received, Some(&envelope), &why).await;
+        }
+        let delay = backoff(attempt, self.config.backoff_cap, &received.id);
+        tracing::warn!(message = %received.id, attempt, retry_in = ?delay, error = %why, "message not handled; it will be tried again");
+        let again = Envelope {
+            attempt,
+            races: 0,
+            ..envelope
+        };
+        self.again(received, &again, delay).await;
     }
 
     /// A message received too often: dead-lettered unless it is stale.
@@ -152,7 +308,9 @@ impl Engine {
                 Ok(match self.backend.get(&key).await? {
                     Some(item) => {
                         let run: Run = super::decode(&key, &item.value)?;
-                        run.wake == *wake && !run.is_done()
+                        run.wake == *wake
+                            && !run.is_done()
+                            && run.status != RunStatus::NeedsAttention
                     }
                     None => false,
                 })
@@ -173,7 +331,6 @@ impl Engine {
     /// Sends `envelope` again after `delay` and acks `received`.
     async fn again(&self, received: &Received, envelope: &Envelope, delay: Duration) {
         let checkpoint = Checkpoint {
-            token: String::new(),
             writes: vec![],
             send: vec![Outgoing::at(
                 encode(envelope),

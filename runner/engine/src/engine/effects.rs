@@ -9,13 +9,12 @@
 
 use std::future::Future;
 
-use gantry_store::{Precondition, Put, Write};
-
+use super::Engine;
 use super::advance::Cx;
-use super::{Engine, encode};
+use super::schedule::run_write;
 use crate::crash::CrashPoint;
 use crate::error::Error;
-use crate::model::{EffectIntent, run_key};
+use crate::model::EffectIntent;
 
 /// How long an effect runs on a single-process backend before the run is
 /// written to show it under way.
@@ -111,13 +110,7 @@ impl Engine {
         });
         cx.run.updated_ms = self.now();
         cx.tx.count(&cx.run.id, *cx.written, cx.run.status);
-        let write = Write::Put(Put {
-            key: run_key(&cx.run.id),
-            value: encode(&*cx.run),
-            precondition: Precondition::MatchesVersion(*cx.version),
-            expires_at_ms: None,
-            due_at_ms: self.due_at(cx.run),
-        });
+        let write = run_write(cx.run, *cx.version, self.due_at(cx.run));
         self.backend
             .checkpoint(cx.tx.take(Some(write), None, false))
             .await?;
@@ -155,17 +148,35 @@ impl Engine {
     async fn renew(&self, cx: &mut Cx<'_>) -> Result<(), Error> {
         cx.run.updated_ms = self.now();
         self.backend
-            .write(vec![Write::Put(Put {
-                key: run_key(&cx.run.id),
-                value: encode(&*cx.run),
-                precondition: Precondition::MatchesVersion(*cx.version),
-                expires_at_ms: None,
-                due_at_ms: self.due_at(cx.run),
-            })])
+            .write(vec![run_write(cx.run, *cx.version, self.due_at(cx.run))])
             .await?;
         *cx.version += 1;
         Ok(())
     }
+}
+
+/// The idempotency key of a notification: `{run}/{environment}/{notify
+/// step}/{event}-{serial}`, one per notification the run queued.
+pub(crate) fn notification_key(
+    run: &str,
+    environment: &str,
+    step: &str,
+    event: &str,
+    serial: u64,
+) -> String {
+    format!("{run}/{environment}/{step}/{event}-{serial}")
+}
+
+/// The idempotency key of a deployment status report:
+/// `{run}/{environment}/{state}-{serial}`.
+pub(crate) fn report_key(run: &str, environment: &str, state: &str, serial: u64) -> String {
+    format!("{run}/{environment}/{state}-{serial}")
+}
+
+/// The key that names a run's deployment in one environment at the source
+/// host: `{run}/{environment}`, however often it is reported.
+pub(crate) fn deployment_key(run: &str, environment: &str) -> String {
+    format!("{run}/{environment}")
 }
 
 #[cfg(test)]

@@ -100,21 +100,28 @@ impl Engine {
         let state = self.env(cx.tx, &pipeline, &env.name).await?;
         let busy = state.holder.as_ref().is_some_and(|h| *h != id);
         if busy || state.held.is_some() {
-            let reason = match (&state.held, &state.holder) {
-                (Some(hold), _) => format!(
-                    "{} is held since run {} rolled back ({}); run `gantry release {}`",
-                    env.name, hold.run, hold.reason, env.name
-                ),
-                (None, Some(holder)) => {
-                    format!("waiting for run {holder} to finish in {}", env.name)
-                }
-                (None, None) => format!("waiting for {}", env.name),
-            };
+            let (held, holder) = (state.held.clone(), state.holder.clone());
             // A run woken earlier keeps its ticket, so it stays at the front.
             let ticket = ticket.unwrap_or_else(|| {
                 state.next_ticket += 1;
                 state.next_ticket - 1
             });
+            let reason = match (held, holder) {
+                (Some(hold), _) => format!(
+                    "{} is held since run {} rolled back ({}); run `gantry release {}`",
+                    env.name, hold.run, hold.reason, env.name
+                ),
+                (None, Some(holder)) if self.needs_attention(&holder).await.unwrap_or(false) => {
+                    format!(
+                        "waiting for run {holder} in {}, which needs attention (see `gantry dlq list`)",
+                        env.name
+                    )
+                }
+                (None, Some(holder)) => {
+                    format!("waiting for run {holder} to finish in {}", env.name)
+                }
+                (None, None) => format!("waiting for {}", env.name),
+            };
             let stage = stage(cx.run)?;
             stage.ticket = Some(ticket);
             stage.status = StageStatus::Queued;
@@ -142,6 +149,15 @@ impl Engine {
         let description = format!("deploying {}", short(&cx.run.artifact.commit_sha));
         self.report(cx.run, DeploymentState::InProgress, &description, None);
         Ok(Next::Continue)
+    }
+
+    /// Whether run `id` needs a person (its message was dead-lettered).
+    async fn needs_attention(&self, id: &str) -> Result<bool, Error> {
+        let key = run_key(id);
+        Ok(match self.backend.get(&key).await? {
+            Some(item) => decode::<Run>(&key, &item.value)?.status == RunStatus::NeedsAttention,
+            None => false,
+        })
     }
 
     /// Supersedes the runs waiting for `env` (other than this one), up to a
@@ -183,8 +199,7 @@ impl Engine {
             RunStatus::Superseded,
             &format!("superseded by run {by}"),
         );
-        old.wake += 1;
-        old.due_ms = None;
+        self.retire(&mut old);
         old.updated_ms = self.now();
         tx.count(other, before, old.status);
         tx.write(Write::put(

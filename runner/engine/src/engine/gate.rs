@@ -217,7 +217,6 @@ impl Engine {
             .iter()
             .map(|o| (o.name.clone(), o.value.clone()))
             .collect();
-        let now = self.now();
         let polling = matches!(verdict.decision, Decision::RetryAfter { .. });
         let previous = step(cx.run).ok().and_then(|st| progress(st).poll.take());
         match (polling, previous) {
@@ -231,11 +230,7 @@ impl Engine {
             (true, None) => {
                 let entry = self.record(cx, &env.name, label, "gate", &summary, observed, None);
                 if let Ok(st) = step(cx.run) {
-                    progress(st).poll = Some(Poll {
-                        entry,
-                        count: 1,
-                        first_ms: now,
-                    });
+                    progress(st).poll = Some(Poll { entry, count: 1 });
                 }
             }
             (false, _) => {

@@ -25,10 +25,6 @@ pub(super) type Intake = (
 /// Most accepted events committed in one transaction.
 const INTAKE_BATCH: usize = 256;
 
-/// How long an answered review is kept to dedupe redeliveries: GitHub
-/// lets people redeliver a webhook for 3 days.
-const REVIEW_KEPT_MS: u64 = 7 * 86_400_000;
-
 /// What submitting an event did.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Submitted {
@@ -111,7 +107,6 @@ impl Engine {
         let run = self.new_run(delivery, event, &pipeline, &environments);
         let id = run.id.clone();
         let checkpoint = Checkpoint {
-            token: id.clone(),
             writes: vec![
                 Write::Put(Put {
                     key: run_key(&id),
@@ -162,7 +157,7 @@ impl Engine {
         check_delivery(delivery)?;
         let now = self.now();
         review.deadline_ms = now + self.config.review_timeout.as_millis() as u64;
-        let expires = review.deadline_ms + REVIEW_KEPT_MS;
+        let expires = review.deadline_ms + KEPT_MS;
         let item = ReviewItem {
             review,
             wake: 1,
@@ -170,7 +165,6 @@ impl Engine {
             answered: None,
         };
         let checkpoint = Checkpoint {
-            token: delivery.to_string(),
             writes: vec![Write::Put(Put {
                 key: review_key(delivery),
                 value: encode(&item),
@@ -250,6 +244,7 @@ impl Engine {
             reports: vec![],
             effect: None,
             attention: None,
+            retrying: None,
             serial: 0,
             created_ms: now,
             updated_ms: now,

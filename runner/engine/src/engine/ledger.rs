@@ -135,17 +135,20 @@ impl Engine {
         ));
     }
 
-    /// The latest `limit` entries of an artifact in an environment, oldest
-    /// first.
+    /// The latest `limit` entries of an artifact in an environment made
+    /// before `run` took serial `serial` at `until_ms`, oldest first.
     pub(super) async fn recent_entries(
         &self,
-        pipeline: &str,
-        sha: &str,
+        run: &Run,
         environment: &str,
+        (until_ms, serial): (u64, u64),
         limit: usize,
     ) -> Result<Vec<EvidenceEntry>, Error> {
-        let query =
-            ListQuery::partition(entries_partition(pipeline, sha, environment), limit).descending();
+        let (pipeline, sha) = (&run.pipeline, &run.artifact.commit_sha);
+        let before = entry_sort(until_ms, &run.id, serial);
+        let query = ListQuery::partition(entries_partition(pipeline, sha, environment), limit)
+            .descending()
+            .after(Some(before));
         let page = self.backend.list(&query).await?;
         let mut entries = page
             .items

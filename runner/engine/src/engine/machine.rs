@@ -7,7 +7,7 @@ use gantry_pipeline::{Environment, NotifyEvent, OnFailure, StepKind};
 use gantry_plugin_api::{Direction, PluginRef, StepContext};
 
 use super::advance::Cx;
-use super::effects::{Slot, effect_key};
+use super::effects::{Slot, effect_key, notification_key, report_key};
 use super::schedule::Next;
 use super::{Engine, short};
 use crate::bounded::{self, cap};
@@ -445,14 +445,20 @@ impl Engine {
             .notifiers_for(event)
             .map(|(name, _)| name.to_string())
             .collect();
+        let decisions = approval
+            .and_then(|i| run.stage()?.steps.get(i)?.approval.as_ref())
+            .map_or(0, |progress| progress.decisions.len());
         for step in subscribers {
             let serial = run.next_serial();
             run.outbox.push(Notification {
                 stage: run.current,
-                key: format!("{}/{}/{step}/{}-{serial}", run.id, env.name, event.name()),
+                key: notification_key(&run.id, &env.name, &step, event.name(), serial),
                 step,
                 event,
                 approval,
+                queued_ms: self.now(),
+                serial,
+                decisions,
                 summary: summary.clone(),
                 attention: event == NotifyEvent::DeadLettered,
             });
@@ -479,7 +485,7 @@ impl Engine {
             state,
             description,
             deployment,
-            key: format!("{}/{env}/{}-{serial}", run.id, state.name()),
+            key: report_key(&run.id, &env, state.name(), serial),
         });
     }
 

@@ -40,7 +40,7 @@ mod rollback;
 mod schedule;
 mod sweeper;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -137,10 +137,13 @@ pub struct Engine {
     config: EngineConfig,
     /// This process's locks on environment items (see `envqueue`).
     env_locks: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
-    /// Runs a handler of this process is advancing.
-    active: Mutex<HashSet<String>>,
+    /// Runs a handler of this process is advancing, with the wake token of
+    /// the message it handles.
+    active: Mutex<HashMap<String, u64>>,
     intake: OnceLock<tokio::sync::mpsc::Sender<intake::Intake>>,
     published: tokio::sync::OnceCell<()>,
+    /// Messages being handled, for the heartbeat.
+    held: dispatch::HeldMessages,
     /// Keys the sweeper sent a message for, and until when it leaves them.
     nudged: Mutex<HashMap<Key, u64>>,
     crash: CrashPoints,
@@ -154,8 +157,10 @@ impl Engine {
         backend: Arc<dyn Backend>,
         pipelines: Vec<Pipeline>,
         plugins: Arc<dyn PluginRunner>,
-        config: EngineConfig,
+        mut config: EngineConfig,
     ) -> Self {
+        // No queue keeps a message hidden longer than it allows.
+        config.visibility = config.visibility.min(backend.capabilities().max_visibility);
         let pipelines: Vec<Arc<Pipeline>> = pipelines
             .into_iter()
             .map(|mut p| {
@@ -184,6 +189,7 @@ impl Engine {
             active: Mutex::default(),
             intake: OnceLock::new(),
             published: tokio::sync::OnceCell::new(),
+            held: Mutex::default(),
             nudged: Mutex::default(),
             crash: CrashPoints::from_env(),
         }

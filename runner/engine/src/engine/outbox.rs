@@ -5,13 +5,14 @@
 
 use gantry_pipeline::{NotifyEvent, Pipeline, StepKind};
 use gantry_plugin_api::{Event, EventKind, Observation};
-use gantry_store::{Precondition, Put, Received, Write};
+use gantry_store::Received;
 
+use super::Engine;
 use super::advance::Cx;
 use super::checkpoint::Tx;
+use super::effects::deployment_key;
 use super::machine::plugin_ref;
-use super::schedule::Next;
-use super::{Engine, encode};
+use super::schedule::{Next, run_write};
 use crate::error::Error;
 use crate::model::*;
 use crate::report::DeploymentReport;
@@ -70,7 +71,9 @@ fn event_kind(run: &Run, def: &Pipeline, note: &Notification) -> EventKind {
                 Some((spec, stage.steps.get(i)?.approval.as_ref()?))
             });
             match approval {
-                Some((spec, progress)) => super::approval::approval_request(run, spec, progress),
+                Some((spec, progress)) => {
+                    super::approval::approval_request(run, spec, progress, note.decisions)
+                }
                 None => EventKind::Started,
             }
         }
@@ -119,8 +122,9 @@ impl Engine {
     }
 
     /// The event a notifier gets for `note`: what happened (read from the
-    /// run now: the reason, the approval asked for), its line, the latest
-    /// evidence of the run's artifact in the environment, and the run's URL.
+    /// run: the reason, the approval asked for), its line, the latest
+    /// evidence of the run's artifact in the environment when it was
+    /// queued, and the run's URL.
     async fn event(
         &self,
         run: &Run,
@@ -130,9 +134,9 @@ impl Engine {
     ) -> Result<Event, Error> {
         let entries = self
             .recent_entries(
-                &run.pipeline,
-                &run.artifact.commit_sha,
+                run,
                 environment,
+                (note.queued_ms, note.serial),
                 NOTIFICATION_EVIDENCE,
             )
             .await?;
@@ -176,7 +180,7 @@ impl Engine {
                     .and_then(|s| s.deployment_id),
             };
             let request = DeploymentReport {
-                key: format!("{}/{env_name}", cx.run.id),
+                key: deployment_key(&cx.run.id, &env_name),
                 repository: cx.run.artifact.repository.clone(),
                 sha: cx.run.artifact.commit_sha.clone(),
                 environment: env_name.clone(),
@@ -234,13 +238,7 @@ impl Engine {
         }
         run.outbox.retain(|n| !n.attention);
         run.updated_ms = self.now();
-        let write = Write::Put(Put {
-            key: run_key(&run.id),
-            value: encode(&run),
-            precondition: Precondition::MatchesVersion(version),
-            expires_at_ms: None,
-            due_at_ms: None,
-        });
+        let write = run_write(&run, version, None);
         self.backend
             .checkpoint(tx.take(Some(write), Some(received.receipt.clone()), false))
             .await?;

@@ -4,13 +4,14 @@
 
 use std::future::Future;
 
-use gantry_store::{Checkpoint, Precondition, Put, Write};
+use gantry_store::Checkpoint;
 use serde::{Deserialize, Serialize};
 
 use super::advance::Cx;
-use super::approval::check_decision;
+use super::approval::{Approvable, check_decision, waiting_for};
 use super::checkpoint::Tx;
-use super::{Engine, decode, encode};
+use super::schedule::run_write;
+use super::{Engine, decode};
 use crate::bounded::{self, cap};
 use crate::error::Refusal;
 use crate::model::*;
@@ -50,6 +51,46 @@ pub struct Released {
     pub was_held_by: String,
     /// Why it was held.
     pub reason: String,
+}
+
+/// A person's approval or rejection, as asked.
+struct Ask<'a> {
+    run: &'a str,
+    environment: &'a str,
+    user: &'a str,
+    approve: bool,
+    reason: &'a str,
+    token: Option<&'a str>,
+}
+
+/// Adds `ask`'s decision (with its capped `reason`) to the approval step
+/// `approvable` names; returns the step's name and the approvals it has.
+fn add_decision(
+    run: &mut Run,
+    approvable: &Approvable,
+    ask: &Ask<'_>,
+    reason: &str,
+    now: u64,
+) -> Result<(String, u32), Refusal> {
+    let current = run.current;
+    let st = run
+        .stages
+        .get_mut(current)
+        .and_then(|s| s.steps.get_mut(approvable.cursor))
+        .ok_or_else(|| Refusal::Conflict(format!("run {} is not waiting for approval", ask.run)))?;
+    let name = st.name.clone();
+    let progress = st
+        .approval
+        .as_mut()
+        .ok_or_else(|| Refusal::Conflict(format!("run {} is not waiting for approval", ask.run)))?;
+    progress.decisions.push(Decision {
+        by: ask.user.to_string(),
+        approve: ask.approve,
+        reason: reason.to_string(),
+        at_ms: now,
+    });
+    let approvals = progress.decisions.iter().filter(|d| d.approve).count() as u32;
+    Ok((name, approvals))
 }
 
 /// Runs `attempt` until it is not refused by a lost race, at most
@@ -101,67 +142,36 @@ impl Engine {
                 "the approver's name must be 1 to {MAX_USER} bytes"
             )));
         }
-        retrying("the run", || {
-            self.try_decide(run_id, environment, user, approve, reason, token)
-        })
-        .await
+        let ask = Ask {
+            run: run_id,
+            environment,
+            user,
+            approve,
+            reason,
+            token,
+        };
+        retrying("the run", || self.try_decide(&ask)).await
     }
 
-    async fn try_decide(
-        &self,
-        run_id: &str,
-        environment: &str,
-        user: &str,
-        approve: bool,
-        reason: &str,
-        token: Option<&str>,
-    ) -> Result<Option<Decided>, Refusal> {
-        let key = run_key(run_id);
+    /// One try of [`Engine::decide`]; `None` when the run changed
+    /// meanwhile.
+    async fn try_decide(&self, ask: &Ask<'_>) -> Result<Option<Decided>, Refusal> {
+        let key = run_key(ask.run);
         let item = self
             .backend
             .get(&key)
             .await?
-            .ok_or_else(|| Refusal::NotFound(format!("no run {run_id}")))?;
+            .ok_or_else(|| Refusal::NotFound(format!("no run {}", ask.run)))?;
         let mut run: Run = decode(&key, &item.value)?;
         let def = self
             .definition(&run.pipeline, &run.pipeline_version)
             .await?;
-        let approvable = check_decision(&run, &def, environment, user, token)?;
-        let reason = cap(reason, bounded::DECISION, "decision reason", run_id);
-        let now = self.now();
-        let current = run.current;
-        let decisions = {
-            let progress = run
-                .stages
-                .get_mut(current)
-                .and_then(|s| s.steps.get_mut(approvable.cursor))
-                .and_then(|st| st.approval.as_mut())
-                .ok_or_else(|| {
-                    Refusal::Conflict(format!("run {run_id} is not waiting for approval"))
-                })?;
-            progress.decisions.push(Decision {
-                by: user.to_string(),
-                approve,
-                reason: reason.clone(),
-                at_ms: now,
-            });
-            progress.decisions.clone()
-        };
-        let approvals = decisions.iter().filter(|d| d.approve).count() as u32;
+        let approvable = check_decision(&run, &def, ask.environment, ask.user, ask.token)?;
+        let reason = cap(ask.reason, bounded::DECISION, "decision reason", ask.run);
+        let (step, approvals) = add_decision(&mut run, &approvable, ask, &reason, self.now())?;
         let required = approvable.spec.required;
-        let mut version = item.version;
         let mut tx = Tx::default();
-        let step = approvable
-            .spec
-            .name
-            .clone()
-            .unwrap_or_else(|| "approval".into());
-        let step = run
-            .stages
-            .get(current)
-            .and_then(|s| s.steps.get(approvable.cursor))
-            .map_or(step, |st| st.name.clone());
-        let mut written = run.status;
+        let (mut version, mut written) = (item.version, run.status);
         let mut cx = Cx {
             run: &mut run,
             version: &mut version,
@@ -169,46 +179,31 @@ impl Engine {
             def: &def,
             written: &mut written,
         };
-        let verb = if approve { "approved" } else { "rejected" };
-        let kind = if approve { "approval" } else { "rejection" };
-        let summary = format!("{verb} by {user}: {reason}");
-        self.record(
-            &mut cx,
-            environment,
-            &step,
-            kind,
-            &summary,
-            vec![],
-            Some(user.to_string()),
-        );
-        let decides = !approve || approvals >= required;
-        let due_at = if decides {
+        let (verb, kind) = if ask.approve {
+            ("approved", "approval")
+        } else {
+            ("rejected", "rejection")
+        };
+        let summary = format!("{verb} by {}: {reason}", ask.user);
+        let by = Some(ask.user.to_string());
+        self.record(&mut cx, ask.environment, &step, kind, &summary, vec![], by);
+        let due_at = if !ask.approve || approvals >= required {
             self.wake_now(&mut run, &mut tx)
         } else {
-            run.reason = Some(cap(
-                &super::approval::waiting_for(environment, approvals, &approvable.spec),
-                bounded::LINE,
-                "reason",
-                run_id,
-            ));
+            let waiting = waiting_for(ask.environment, approvals, &approvable.spec);
+            run.reason = Some(cap(&waiting, bounded::LINE, "reason", ask.run));
             self.due_at(&run)
         };
-        run.updated_ms = now;
-        let write = Write::Put(Put {
-            key,
-            value: encode(&run),
-            precondition: Precondition::MatchesVersion(item.version),
-            expires_at_ms: None,
-            due_at_ms: due_at,
-        });
+        run.updated_ms = self.now();
+        let write = run_write(&run, item.version, due_at);
         if !commit(self, tx.take(Some(write), None, true)).await? {
             return Ok(None);
         }
         Ok(Some(Decided {
-            run: run_id.to_string(),
-            environment: environment.to_string(),
-            by: user.to_string(),
-            decision: if approve { "approve" } else { "reject" }.into(),
+            run: ask.run.to_string(),
+            environment: ask.environment.to_string(),
+            by: ask.user.to_string(),
+            decision: if ask.approve { "approve" } else { "reject" }.into(),
             approvals,
             required,
             still_needed: required.saturating_sub(approvals),

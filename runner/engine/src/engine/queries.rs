@@ -32,19 +32,30 @@ pub struct Counts {
 }
 
 impl Engine {
-    /// Up to `limit` runs, newest first, after cursor `after`.
+    /// Up to `limit` runs, newest first, after cursor `after`: the shards
+    /// of the run index read together and merged.
     pub async fn runs(
         &self,
         limit: usize,
         after: Option<String>,
     ) -> Result<RunPage, gantry_store::Error> {
-        let query = ListQuery::partition(RUNS_PARTITION, limit.clamp(1, MAX_PAGE))
-            .descending()
-            .after(after);
-        let page = self.backend.list(&query).await?;
-        let mut runs = Vec::with_capacity(page.items.len());
-        for item in &page.items {
-            let Some((_, id)) = item.key.sort.split_once('/') else {
+        let limit = limit.clamp(1, MAX_PAGE);
+        let mut entries = Vec::new();
+        let mut more = false;
+        for shard in 0..RUN_INDEX_SHARDS {
+            let query = ListQuery::partition(run_index_partition(shard), limit)
+                .descending()
+                .after(after.clone());
+            let page = self.backend.list(&query).await?;
+            more |= page.next.is_some();
+            entries.extend(page.items.into_iter().map(|item| item.key.sort));
+        }
+        entries.sort_unstable_by(|a, b| b.cmp(a));
+        more |= entries.len() > limit;
+        entries.truncate(limit);
+        let mut runs = Vec::with_capacity(entries.len());
+        for sort in &entries {
+            let Some((_, id)) = sort.split_once('/') else {
                 continue;
             };
             match self.run(id).await? {
@@ -54,7 +65,7 @@ impl Engine {
         }
         Ok(RunPage {
             runs,
-            next: page.next,
+            next: more.then(|| entries.last().cloned()).flatten(),
         })
     }
 
@@ -163,15 +174,14 @@ impl Engine {
             runs: RunStatus::ALL.iter().map(|s| (s.name(), 0)).collect(),
             dead_letters: 0,
         };
-        let mut after = None;
-        loop {
+        for shard in 0..COUNTER_SHARDS {
             let page = self
                 .backend
-                .list(&ListQuery::partition(COUNTERS, 500).after(after))
+                .list(&ListQuery::partition(counter_partition(shard), 500))
                 .await?;
             for item in &page.items {
                 let value = decode_counter(&item.value).max(0) as u64;
-                let name = item.key.sort.rsplit_once('/').map_or("", |(name, _)| name);
+                let name = item.key.sort.as_str();
                 if name == DEAD_LETTER_COUNTER {
                     counts.dead_letters += value;
                 } else if let Some(status) = name.strip_prefix("runs.")
@@ -180,11 +190,8 @@ impl Engine {
                     *count += value;
                 }
             }
-            after = page.next;
-            if after.is_none() {
-                return Ok(counts);
-            }
         }
+        Ok(counts)
     }
 
     /// Metrics read from the backend at scrape time.

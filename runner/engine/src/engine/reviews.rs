@@ -15,9 +15,6 @@ use super::{Engine, decode, encode};
 use crate::error::Error;
 use crate::model::*;
 
-/// How long an answered review is kept to dedupe redeliveries.
-const ANSWERED_KEPT_MS: u64 = 7 * 86_400_000;
-
 /// What the ledger says of a SHA in an environment.
 #[derive(Debug, PartialEq)]
 pub(crate) enum Verdict {
@@ -90,18 +87,7 @@ impl Engine {
                     .await;
             }
         };
-        let answered = match &self.reporter {
-            Some(reporter) => reporter.answer_review(&review, approved, &comment).await,
-            None => {
-                tracing::warn!(
-                    repository = %review.repository,
-                    environment = %review.environment,
-                    "a deployment protection rule cannot be answered: GitHub is not configured"
-                );
-                Ok(())
-            }
-        };
-        if let Err(e) = answered {
+        if let Err(e) = self.answer(&review, approved, &comment).await {
             // GitHub may be down for a while: look again later, until the
             // review's deadline; after it, the retries end in a dead letter.
             if now >= review.deadline_ms {
@@ -117,6 +103,38 @@ impl Engine {
                 .review_later(item, stored.version, delivery, received)
                 .await;
         }
+        item.answered = Some(approved);
+        item.due_ms = None;
+        let write = Write::Put(Put {
+            key,
+            value: encode(&item),
+            precondition: Precondition::MatchesVersion(stored.version),
+            expires_at_ms: Some(now + KEPT_MS),
+            due_at_ms: None,
+        });
+        let mut tx = Tx::default();
+        self.backend
+            .checkpoint(tx.take(Some(write), Some(received.receipt.clone()), false))
+            .await?;
+        Ok("review answered")
+    }
+
+    /// Answers `review` at the source host (when one is configured).
+    async fn answer(
+        &self,
+        review: &ProtectionReview,
+        approved: bool,
+        comment: &str,
+    ) -> Result<(), String> {
+        let Some(reporter) = &self.reporter else {
+            tracing::warn!(
+                repository = %review.repository,
+                environment = %review.environment,
+                "a deployment protection rule cannot be answered: GitHub is not configured"
+            );
+            return Ok(());
+        };
+        reporter.answer_review(review, approved, comment).await?;
         tracing::info!(
             repository = %review.repository,
             environment = %review.environment,
@@ -125,20 +143,7 @@ impl Engine {
             %comment,
             "deployment protection rule answered"
         );
-        item.answered = Some(approved);
-        item.due_ms = None;
-        let write = Write::Put(Put {
-            key,
-            value: encode(&item),
-            precondition: Precondition::MatchesVersion(stored.version),
-            expires_at_ms: Some(now + ANSWERED_KEPT_MS),
-            due_at_ms: None,
-        });
-        let mut tx = Tx::default();
-        self.backend
-            .checkpoint(tx.take(Some(write), Some(received.receipt.clone()), false))
-            .await?;
-        Ok("review answered")
+        Ok(())
     }
 
     /// What the ledger says of the review's SHA in its environment.
@@ -186,7 +191,7 @@ impl Engine {
             key: review_key(delivery),
             value: encode(&item),
             precondition: Precondition::MatchesVersion(version),
-            expires_at_ms: Some(item.review.deadline_ms + ANSWERED_KEPT_MS),
+            expires_at_ms: Some(item.review.deadline_ms + KEPT_MS),
             due_at_ms: due_at,
         });
         self.backend
@@ -204,21 +209,11 @@ impl Engine {
         tx: &mut Tx,
         due: u64,
     ) -> Option<u64> {
-        let now = self.now();
-        let fits = self
-            .caps
-            .max_delay
-            .is_none_or(|max| due.saturating_sub(now) <= max.as_millis() as u64);
-        if fits {
-            let message = body(Message::Review {
-                delivery: delivery.to_string(),
-                wake: item.wake,
-            });
-            tx.send(gantry_store::Outgoing::at(message, due));
-            Some(due + self.config.sweep_grace.as_millis() as u64)
-        } else {
-            Some(due)
-        }
+        let message = body(Message::Review {
+            delivery: delivery.to_string(),
+            wake: item.wake,
+        });
+        self.timer_for(message, tx, due)
     }
 }
 

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use gantry_store::{Key, Outgoing, Precondition};
+use gantry_store::{Key, ListQuery, Outgoing, Precondition};
 use serde::{Deserialize, Serialize};
 
 use super::intake::body;
@@ -34,6 +34,19 @@ pub struct Swept {
     pub waiters: usize,
     /// Waiter items left behind by runs no longer waiting, deleted.
     pub orphans: usize,
+}
+
+/// An item the sweeper cannot read is logged and left; only a store that
+/// does not answer stops the sweep.
+fn skip_bad<T>(key: &Key, outcome: Result<T, Error>) -> Result<Option<T>, Error> {
+    match outcome {
+        Ok(value) => Ok(Some(value)),
+        Err(Error::Retryable(message)) => Err(Error::Retryable(message)),
+        Err(e) => {
+            tracing::warn!(%key, error = %e, "sweeper: cannot look at this item; left alone");
+            Ok(None)
+        }
+    }
 }
 
 /// The sweeper lease.
@@ -75,23 +88,55 @@ impl Engine {
             if self.nudged(&key, now) {
                 continue;
             }
-            if let Some(id) = key.partition.strip_prefix("run/") {
-                swept.runs += usize::from(self.sweep_run(id, now).await?);
+            let sent = if let Some(id) = key.partition.strip_prefix("run/") {
+                skip_bad(&key, self.sweep_run(id, now).await)?.map(|s| swept.runs += usize::from(s))
             } else if let Some(delivery) = key.partition.strip_prefix("review/") {
-                swept.reviews += usize::from(self.sweep_review(delivery).await?);
+                skip_bad(&key, self.sweep_review(delivery).await)?
+                    .map(|s| swept.reviews += usize::from(s))
+            } else {
+                None
+            };
+            if sent.is_some() {
+                self.nudge(key, now);
             }
-            self.nudge(key, now);
         }
-        for pipeline in self.pipelines.clone() {
-            for env in &pipeline.environments {
-                let (woken, orphans) = self
-                    .sweep_environment(&pipeline.name, &env.name, now)
-                    .await?;
+        for env_key in self.known_environments().await? {
+            let Some((pipeline, env)) = env_key
+                .partition
+                .strip_prefix("env/")
+                .and_then(|rest| rest.split_once('/'))
+            else {
+                continue;
+            };
+            if let Some((woken, orphans)) =
+                skip_bad(&env_key, self.sweep_environment(pipeline, env, now).await)?
+            {
                 swept.waiters += usize::from(woken);
                 swept.orphans += orphans;
             }
         }
         Ok(swept)
+    }
+
+    /// Every environment item ever written (the `envs` index), whatever
+    /// pipeline file names it now.
+    async fn known_environments(&self) -> Result<Vec<Key>, Error> {
+        let mut keys = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self
+                .backend
+                .list(&ListQuery::partition(ENVIRONMENTS, 500).after(after))
+                .await?;
+            keys.extend(page.items.iter().map(|i| {
+                let (pipeline, env) = i.key.sort.split_once('/').unwrap_or((&i.key.sort, ""));
+                env_key(pipeline, env)
+            }));
+            after = page.next;
+            if after.is_none() {
+                return Ok(keys);
+            }
+        }
     }
 
     /// Sends run `id` another `Advance` unless it is over, a person must
@@ -107,8 +152,9 @@ impl Engine {
             .effect
             .as_ref()
             .is_some_and(|e| e.lease_until_ms > now && !self.caps.single_process);
+        let alerts = run.outbox.iter().any(|n| n.attention);
         if run.is_done()
-            || run.status == RunStatus::NeedsAttention
+            || (run.status == RunStatus::NeedsAttention && !alerts)
             || run.due_ms.is_none_or(|due| due > now)
             || leased
             || self.is_active(id)

@@ -1,0 +1,416 @@
+//! The engine's speed on the embedded backend, in release, against a bare
+//! SQLite commit with the backend's own settings (WAL, exclusive locking,
+//! cached statements, `synchronous=NORMAL`), all measured in one run:
+//!
+//! 1. one step transition through the engine's handler: receive an
+//!    `Advance`, read the run (a real run item of the example pipeline),
+//!    ask its gate (which answers "again in 0 s"), record the answer, and
+//!    checkpoint the run, the evidence entry, the next message and the ack;
+//! 2. the full example promotion (push to dev; merge to staging; approval;
+//!    canary 10/50/100 in production) with the no-op gate plugin in
+//!    wasmtime, end to end, 1,000 times;
+//! 3. promotions per second with 1,000 artifacts in flight at once.
+//!
+//! Each runs twice: with every commit `synchronous=NORMAL`, as the figures
+//! before durable-by-default were measured, and with the default (accepted
+//! events and decisions fsync'd before they are answered).
+//!
+//! `cargo bench -p gantry-cli --bench promotion`; `GANTRY_BENCH=throughput`
+//! (or `transition`, `promotion`, a comma-separated list) runs only those,
+//! with the bare commit, and `GANTRY_BENCH_FSYNC=0` or `1` only that mode.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gantry_engine::model::{Run, RunStatus, StepStatus};
+use gantry_engine::{Engine, EngineConfig};
+use gantry_plugin_api::{Decision, PluginRef};
+use gantry_plugin_host::{HostConfig, HostedPlugins, PluginHost};
+use gantry_store::Queue;
+use gantry_store_sqlite::{Options, SqliteBackend};
+use serde_json::json;
+
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort();
+    let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[i]
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Median and p99 of `samples`, in µs.
+fn summary(samples: &mut [Duration]) -> (f64, f64) {
+    (us(percentile(samples, 0.5)), us(percentile(samples, 0.99)))
+}
+
+/// One-row commits straight on SQLite, with the backend's settings: a 3 KB
+/// value (a run item's size) in a rowid table, through cached statements.
+fn bare_commit(dir: &std::path::Path, n: usize) -> Vec<Duration> {
+    let conn = rusqlite::Connection::open(dir.join("bare.db")).expect("open");
+    conn.pragma_update(None, "locking_mode", "EXCLUSIVE")
+        .expect("locking");
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .expect("wal");
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .expect("sync");
+    conn.pragma_update(None, "cache_size", -(32i64 << 10))
+        .expect("cache");
+    conn.execute_batch(
+        "CREATE TABLE t (p TEXT NOT NULL, s TEXT NOT NULL, v BLOB NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (p, s))",
+    )
+    .expect("table");
+    let value = vec![7u8; 3000];
+    (0..n)
+        .map(|i| {
+            let started = Instant::now();
+            conn.prepare_cached("BEGIN IMMEDIATE")
+                .and_then(|mut s| s.execute([]))
+                .expect("begin");
+            conn.prepare_cached("INSERT OR REPLACE INTO t (p, s, v, n) VALUES (?1, 'run', ?2, ?3)")
+                .and_then(|mut s| {
+                    s.execute(rusqlite::params![
+                        format!("run/{}", i % 100),
+                        value,
+                        i as i64
+                    ])
+                })
+                .expect("insert");
+            conn.prepare_cached("COMMIT")
+                .and_then(|mut s| s.execute([]))
+                .expect("commit");
+            started.elapsed()
+        })
+        .collect()
+}
+
+/// The example pipeline with its toy apps in this process; gates are the
+/// no-op plugin.
+struct Example {
+    pipelines: Vec<gantry_pipeline::Pipeline>,
+    _dir: tempfile::TempDir,
+}
+
+async fn example() -> Example {
+    let mut addrs = BTreeMap::new();
+    for env in ["dev", "staging", "production"] {
+        let (addr, _) = gantry_toy_app::spawn("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("toy app");
+        addrs.insert(env.to_string(), addr);
+    }
+    let text = gantry_tests::example_pipeline(&addrs).replace("http_health.wasm", "noop_gate.wasm");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pipeline = gantry_pipeline::parse(&text, dir.path()).expect("pipeline");
+    Example {
+        pipelines: vec![pipeline],
+        _dir: dir,
+    }
+}
+
+fn hosted(pipelines: &[gantry_pipeline::Pipeline]) -> Arc<HostedPlugins> {
+    let plugins = HostedPlugins::new(PluginHost::new(HostConfig::default()).expect("host"));
+    for p in pipelines {
+        for (name, world) in p.plugin_worlds() {
+            let decl = &p.plugins[&name];
+            let plugin = PluginRef {
+                name: &name,
+                component: &decl.component,
+                digest: &decl.digest,
+                manifest: &decl.manifest,
+            };
+            plugins.load(plugin, world).expect("plugin");
+        }
+    }
+    Arc::new(plugins)
+}
+
+struct Setup {
+    engine: Arc<Engine>,
+    backend: Arc<SqliteBackend>,
+    stop: tokio::sync::watch::Sender<bool>,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup(world: &Example, fsync: bool, workers: bool) -> Setup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = Arc::new(
+        SqliteBackend::open(
+            &dir.path().join("data"),
+            Options {
+                fsync,
+                ..Options::default()
+            },
+        )
+        .expect("open"),
+    );
+    let engine = Arc::new(Engine::new(
+        backend.clone(),
+        world.pipelines.clone(),
+        hosted(&world.pipelines),
+        EngineConfig::default(),
+    ));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    if workers {
+        tokio::spawn(gantry_engine::worker::run(engine.clone(), 32, stopped));
+    }
+    Setup {
+        engine,
+        backend,
+        stop,
+        _dir: dir,
+    }
+}
+
+async fn wait(engine: &Engine, run: &str, done: impl Fn(&Run) -> bool) {
+    loop {
+        if let Some(r) = engine.run(run).await.expect("run")
+            && done(&r)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+}
+
+fn at_approval(r: &Run) -> bool {
+    r.stages
+        .get(1)
+        .and_then(|s| s.steps.get(1))
+        .is_some_and(|s| s.status == StepStatus::Waiting)
+}
+
+/// Step transitions through the handler: a merge run parked at staging's
+/// error-rate gate, whose plugin answers "again in 0 s" every time; each
+/// message is one transition (receive, read, ask, record, checkpoint).
+async fn transitions(world: &Example, n: usize) -> Vec<Duration> {
+    let mut pipelines = world.pipelines.clone();
+    for env in &mut pipelines[0].environments {
+        for step in &mut env.steps {
+            if let gantry_pipeline::StepKind::Gate(g) = &mut step.kind {
+                g.timeout = gantry_pipeline::Span(Duration::from_secs(86_400));
+            }
+        }
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend =
+        Arc::new(SqliteBackend::open(&dir.path().join("data"), Options::default()).expect("open"));
+    let plugins = gantry_tests::FakePlugins::new();
+    plugins.gate("http-health", |ctx, _| {
+        Ok(gantry_plugin_api::Verdict {
+            decision: if ctx.step == "error-rate" {
+                Decision::RetryAfter {
+                    seconds: 0,
+                    state: b"n".to_vec(),
+                }
+            } else {
+                Decision::Pass
+            },
+            summary: "error_rate 0.001 <= 0.01".into(),
+            evidence: vec![gantry_plugin_api::Observation {
+                name: "error_rate".into(),
+                value: "0.001".into(),
+            }],
+        })
+    });
+    // The toy apps answer the deploys; the plugin is a fake that answers
+    // at once, so the figure is the engine's and the store's.
+    let engine = Engine::new(backend.clone(), pipelines, plugins, EngineConfig::default());
+    let sha = "c".repeat(40);
+    let merge = json!({"kind": "merge", "repository": "acme/web", "base": "main", "sha": sha, "author": "alice"});
+    engine.submit("bench-merge", merge).await.expect("merge");
+    let mut samples = Vec::with_capacity(n);
+    let mut warm = 0;
+    while samples.len() < n {
+        let got = backend
+            .receive(1, Duration::from_secs(30), Duration::from_secs(1))
+            .await
+            .expect("receive");
+        let Some(message) = got.into_iter().next() else {
+            panic!("no message to advance the run");
+        };
+        let started = Instant::now();
+        engine.process(message).await;
+        let took = started.elapsed();
+        // Staging's deploy and first gate come first; from then on every
+        // message is the error-rate gate asking again.
+        warm += 1;
+        if warm > 20 {
+            samples.push(took);
+        }
+    }
+    let run = engine
+        .run(&gantry_engine::run_id_for("bench-merge"))
+        .await
+        .expect("run")
+        .expect("the run");
+    let size = serde_json::to_vec(&run).map_or(0, |v| v.len());
+    eprintln!(
+        "transition bench: run item {size} bytes, {} gate looks",
+        run.stages[0].steps[2].attempt
+    );
+    samples
+}
+
+/// One artifact from push to production success.
+async fn promote(engine: &Engine, n: usize) {
+    let sha = format!("{n:040x}");
+    let push = json!({"kind": "push", "repository": "acme/web", "branch": "feature/x", "sha": sha, "author": "alice"});
+    let dev = engine
+        .submit(&format!("push-{n}"), push)
+        .await
+        .expect("push")
+        .run;
+    wait(engine, &dev, |r| r.status == RunStatus::Succeeded).await;
+    let merge = json!({"kind": "merge", "repository": "acme/web", "base": "main", "sha": sha, "author": "alice"});
+    let prod = engine
+        .submit(&format!("merge-{n}"), merge)
+        .await
+        .expect("merge")
+        .run;
+    wait(engine, &prod, at_approval).await;
+    engine
+        .decide(&prod, "production", "bob", true, "bench", None)
+        .await
+        .expect("approve");
+    wait(engine, &prod, |r| r.status == RunStatus::Succeeded).await;
+}
+
+async fn full_promotions(world: &Example, fsync: bool, n: usize) -> Vec<Duration> {
+    let s = setup(world, fsync, true).await;
+    for warm in 0..5 {
+        promote(&s.engine, 1_000_000 + warm).await;
+    }
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let started = Instant::now();
+        promote(&s.engine, i).await;
+        samples.push(started.elapsed());
+    }
+    let _ = s.stop.send(true);
+    samples
+}
+
+/// 1,000 artifacts at once: every push and merge submitted up front (at
+/// once, so accepted events share their commits), one approver sweeping
+/// the runs; returns how long until every run succeeded.
+async fn throughput(world: &Example, fsync: bool, artifacts: usize) -> Duration {
+    let s = setup(world, fsync, true).await;
+    let engine = s.engine.clone();
+    let started = Instant::now();
+    let mut submits = tokio::task::JoinSet::new();
+    for n in 0..artifacts {
+        let engine = engine.clone();
+        submits.spawn(async move {
+            let sha = format!("{:040x}", 2_000_000 + n);
+            let push = json!({"kind": "push", "repository": "acme/web", "branch": "feature/x", "sha": sha, "author": "alice"});
+            let dev = engine.submit(&format!("tp-push-{n}"), push).await.expect("push").run;
+            let merge = json!({"kind": "merge", "repository": "acme/web", "base": "main", "sha": sha, "author": "alice"});
+            let prod = engine.submit(&format!("tp-merge-{n}"), merge).await.expect("merge").run;
+            (dev, prod)
+        });
+    }
+    let mut runs = Vec::new();
+    let mut unapproved = Vec::new();
+    while let Some(pair) = submits.join_next().await {
+        let (dev, prod) = pair.expect("submit");
+        runs.push(dev);
+        runs.push(prod.clone());
+        unapproved.push(prod);
+    }
+    // Approvals come before production's lock, so a slow sweep does not
+    // hold the serial part up; a fast one would load the store itself.
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut still = Vec::new();
+        for id in unapproved {
+            let run = engine.run(&id).await.expect("run");
+            if run.as_ref().is_some_and(at_approval) {
+                engine
+                    .decide(&id, "production", "bob", true, "bench", None)
+                    .await
+                    .expect("approve");
+            } else {
+                still.push(id);
+            }
+        }
+        unapproved = still;
+        let depth = s.backend.depth().await.expect("depth");
+        let idle =
+            depth.visible == 0 && depth.in_flight == 0 && engine.metrics().busy_workers() == 0;
+        if unapproved.is_empty() && idle {
+            break;
+        }
+    }
+    let took = started.elapsed();
+    for id in &runs {
+        let run = engine.run(id).await.expect("run").expect("exists");
+        assert_eq!(
+            run.status,
+            RunStatus::Succeeded,
+            "run {id}: {:?}",
+            run.reason
+        );
+    }
+    let _ = s.stop.send(true);
+    took
+}
+
+/// Whether phase `name` runs (all do unless `GANTRY_BENCH` lists some).
+fn runs(name: &str) -> bool {
+    std::env::var("GANTRY_BENCH").map_or(true, |only| only.split(',').any(|p| p.trim() == name))
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let world = example().await;
+    let mut bare = bare_commit(dir.path(), 5_000);
+    let (bare_median, bare_p99) = summary(&mut bare);
+    println!(
+        "bare SQLite commit (3 KB row, the backend's settings): median {bare_median:.1} µs, p99 {bare_p99:.1} µs (5,000 samples)"
+    );
+    if runs("transition") {
+        let mut step = transitions(&world, 5_000).await;
+        let (step_median, step_p99) = summary(&mut step);
+        println!(
+            "step transition through the handler (receive, read run, gate, record, checkpoint): median {step_median:.1} µs, p99 {step_p99:.1} µs (5,000 samples); {:.1}× a bare commit",
+            step_median / bare_median
+        );
+    }
+    let modes = [
+        (false, "synchronous=NORMAL everywhere"),
+        (true, "default: accepted events and decisions fsync'd"),
+    ];
+    for (fsync, label) in modes {
+        if std::env::var("GANTRY_BENCH_FSYNC").is_ok_and(|f| (f == "1") != fsync) {
+            continue;
+        }
+        if runs("promotion") {
+            let mut full = full_promotions(&world, fsync, 1_000).await;
+            let median = percentile(&mut full, 0.5);
+            println!(
+                "[{label}] full promotion dev→staging→production: median {:.2} ms, p99 {:.2} ms (1,000 promotions); {:.0}× a bare commit",
+                ms(median),
+                ms(percentile(&mut full, 0.99)),
+                us(median) / bare_median
+            );
+        }
+        if runs("throughput") {
+            let artifacts = 1_000;
+            let took = throughput(&world, fsync, artifacts).await;
+            println!(
+                "[{label}] throughput: {artifacts} artifacts at once in {:.2} s: {:.0} full promotions/s ({} runs)",
+                took.as_secs_f64(),
+                artifacts as f64 / took.as_secs_f64(),
+                2 * artifacts
+            );
+        }
+    }
+}

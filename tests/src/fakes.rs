@@ -17,6 +17,9 @@ use gantry_plugin_api::{
 pub type GateFn =
     Arc<dyn Fn(&StepContext, Option<&[u8]>) -> Result<Verdict, PluginFailure> + Send + Sync>;
 
+/// A notifier's answer to an event.
+pub type NotifierFn = Arc<dyn Fn(&Event) -> Result<(), PluginFailure> + Send + Sync>;
+
 /// A gate that passes.
 pub fn pass(summary: &str) -> Result<Verdict, PluginFailure> {
     Ok(Verdict {
@@ -31,7 +34,7 @@ pub fn pass(summary: &str) -> Result<Verdict, PluginFailure> {
 #[derive(Default)]
 pub struct FakePlugins {
     gates: Mutex<BTreeMap<String, GateFn>>,
-    notifier: Mutex<Option<Arc<dyn Fn(&Event) -> Result<(), PluginFailure> + Send + Sync>>>,
+    notifier: Mutex<Option<NotifierFn>>,
     calls: Mutex<BTreeMap<String, u32>>,
     events: Mutex<Vec<(String, Event)>>,
 }

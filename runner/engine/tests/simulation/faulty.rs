@@ -109,6 +109,14 @@ struct State {
     crashes: u32,
 }
 
+impl State {
+    /// Rolls for the fault `per_mille` picks.
+    fn roll(&mut self, per_mille: fn(&FaultRates) -> u64) -> bool {
+        let rate = per_mille(&self.rates);
+        self.rng.chance(rate)
+    }
+}
+
 /// The faulty backend.
 pub struct FaultyBackend {
     store: SqliteBackend,
@@ -198,9 +206,7 @@ impl FaultyBackend {
 
     /// Rolls for a fault at the given rate (0 when faults are off).
     pub fn roll(&self, per_mille: fn(&FaultRates) -> u64) -> bool {
-        let mut s = self.state();
-        let rate = per_mille(&s.rates);
-        s.rng.chance(rate)
+        self.state().roll(per_mille)
     }
 
     /// Crashes here with the crash rate.
@@ -262,10 +268,7 @@ impl FaultyBackend {
     fn enqueue(&self, message: Outgoing) {
         let now = self.clock.now_ms();
         let mut s = self.state();
-        if {
-            let rate = s.rates.drop_send;
-            s.rng.chance(rate)
-        } {
+        if s.roll(|r| r.drop_send) {
             s.trace.push(format!(
                 "drop send {}",
                 String::from_utf8_lossy(&message.body)
@@ -276,20 +279,10 @@ impl FaultyBackend {
         let wanted = message.not_before_ms.saturating_sub(now);
         let mut delay = wanted.div_ceil(1000) * 1000;
         delay = delay.min(900_000);
-        if {
-            let rate = s.rates.delay;
-            s.rng.chance(rate)
-        } {
+        if s.roll(|r| r.delay) {
             delay += s.rng.below(60) * 1000;
         }
-        let copies = if {
-            let rate = s.rates.duplicate;
-            s.rng.chance(rate)
-        } {
-            2
-        } else {
-            1
-        };
+        let copies = if s.roll(|r| r.duplicate) { 2 } else { 1 };
         for _ in 0..copies {
             let id = s.next_id;
             s.next_id += 1;
@@ -306,10 +299,7 @@ impl FaultyBackend {
 
     fn ack_now(&self, receipt: &Receipt) {
         let mut s = self.state();
-        if {
-            let rate = s.rates.drop_ack;
-            s.rng.chance(rate)
-        } {
+        if s.roll(|r| r.drop_ack) {
             s.trace.push(format!("drop ack {}", receipt.0));
             return;
         }
@@ -389,10 +379,7 @@ impl Queue for FaultyBackend {
             .map(|(i, _)| i)
             .collect();
         // A timer delivered early: any hidden message, now.
-        if {
-            let rate = s.rates.early;
-            s.rng.chance(rate)
-        } {
+        if s.roll(|r| r.early) {
             let hidden: Vec<usize> = s
                 .messages
                 .iter()

@@ -28,7 +28,7 @@ use world::{Outcome, Sim};
 
 /// The faults of a run with faults: each a few per cent of its chances.
 fn rates(seed: u64) -> FaultRates {
-    let heavy = seed % 5 == 0;
+    let heavy = seed.is_multiple_of(5);
     FaultRates {
         crash: if heavy { 40 } else { 15 },
         drop_send: 30,

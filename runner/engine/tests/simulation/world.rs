@@ -391,7 +391,7 @@ impl Sim {
             clock.clone(),
             seed,
             rates,
-            seed % 2 == 0,
+            seed.is_multiple_of(2),
         ));
         let outside = Outside::new(backend.clone());
         let pipelines: Vec<Pipeline> = (0..2)

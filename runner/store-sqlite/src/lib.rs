@@ -14,14 +14,18 @@
 //! were in flight in the previous process become visible again, and that
 //! receive is not counted: a restart is not the message's fault.
 //!
-//! Durability: with [`Options::fsync`] (the default) every commit of a
-//! checkpoint marked `sync`, and of a plain [`Store::write`], waits for the
-//! disk (`synchronous=FULL`), so what was answered as accepted survives a
-//! power loss. The engine's own checkpoints commit without waiting
-//! (`synchronous=NORMAL`, which in WAL mode survives a process crash); the
-//! WAL keeps commits in order, so a power loss can only lose the engine's
-//! latest steps, which then run again under the same idempotency keys, as
-//! after a crash. Without `fsync`, nothing waits for the disk.
+//! Durability: every commit runs with `synchronous=NORMAL` (in WAL mode it
+//! survives a process crash). With [`Options::fsync`] (the default) a
+//! checkpoint marked `sync`, and a plain [`Store::write`], also returns only
+//! once its commit is on disk, so what was answered as accepted survives a
+//! power loss: the WAL is fsync'd after the commit, off the connection's
+//! lock, one fsync for every commit waiting (`walsync`). The engine's own
+//! checkpoints do not wait; the WAL keeps commits in order, so a power loss
+//! can only lose the engine's latest steps, which then run again under the
+//! same idempotency keys, as after a crash. Without `fsync`, nothing waits
+//! for the disk.
+
+mod walsync;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -36,6 +40,7 @@ use gantry_store::{
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::Notify;
+use walsync::WalSync;
 
 /// How the backend behaves.
 #[derive(Clone)]
@@ -70,6 +75,8 @@ const PURGE_EVERY: u64 = 256;
 pub struct SqliteBackend {
     /// The one connection; it holds the file's lock for its whole life.
     conn: Arc<Mutex<Connection>>,
+    /// The fsync of commits that wait for the disk.
+    wal: Arc<WalSync>,
     options: Options,
     arrived: Arc<Notify>,
     path: PathBuf,
@@ -176,6 +183,7 @@ impl SqliteBackend {
         }
         Ok(SqliteBackend {
             conn: Arc::new(Mutex::new(conn)),
+            wal: Arc::new(WalSync::new(&path)),
             options,
             arrived: Arc::new(Notify::new()),
             path,
@@ -203,6 +211,19 @@ impl SqliteBackend {
             .lock()
             .map_err(|_| Error::unavailable("the database lock is poisoned"))?;
         f(&mut conn)
+    }
+
+    /// Waits until the commit holding `ticket` is on disk, on the blocking
+    /// pool (an fsync takes milliseconds on some disks); `None`: a commit
+    /// that does not wait.
+    async fn durable(&self, ticket: Option<u64>) -> Result<(), Error> {
+        let Some(ticket) = ticket else {
+            return Ok(());
+        };
+        let wal = self.wal.clone();
+        tokio::task::spawn_blocking(move || wal.sync_through(ticket))
+            .await
+            .unwrap_or_else(|e| Err(Error::unavailable(format!("the fsync thread failed: {e}"))))
     }
 
     /// Whether this write transaction should also delete a few expired
@@ -281,20 +302,14 @@ fn query_row<T, P: rusqlite::Params>(
 struct WriteTx<'c> {
     conn: &'c Connection,
     committed: bool,
-    sync: bool,
 }
 
 impl<'c> WriteTx<'c> {
-    /// Starts a transaction that holds the write lock from its start; `sync`
-    /// makes its commit wait for the disk.
-    fn begin(conn: &'c Connection, sync: bool) -> Result<Self, Error> {
-        if sync {
-            exec(conn, "PRAGMA synchronous = FULL", [])?;
-        }
+    /// Starts a transaction that holds the write lock from its start.
+    fn begin(conn: &'c Connection) -> Result<Self, Error> {
         let tx = WriteTx {
             conn,
             committed: false,
-            sync,
         };
         exec(conn, "BEGIN IMMEDIATE", [])?;
         Ok(tx)
@@ -322,12 +337,6 @@ impl Drop for WriteTx<'_> {
             && let Err(e) = exec(self.conn, "ROLLBACK", [])
         {
             tracing::warn!(error = %e, "rollback failed");
-        }
-        // Back to commits that do not wait for the disk.
-        if self.sync
-            && let Err(e) = exec(self.conn, "PRAGMA synchronous = NORMAL", [])
-        {
-            tracing::warn!(error = %e, "cannot reset synchronous");
         }
     }
 }
@@ -611,15 +620,16 @@ impl Store for SqliteBackend {
         check_batch(&writes, &capabilities())?;
         let now = self.now();
         let purge = self.purge_due();
-        let sync = self.options.fsync;
-        self.with(|conn| {
-            let tx = WriteTx::begin(conn, sync)?;
+        let ticket = self.with(|conn| {
+            let tx = WriteTx::begin(conn)?;
             apply_writes(&tx, &writes, now)?;
             if purge {
                 purge_expired(&tx, now)?;
             }
-            tx.commit()
-        })
+            tx.commit()?;
+            Ok(self.options.fsync.then(|| self.wal.ticket()))
+        })?;
+        self.durable(ticket).await
     }
 
     async fn due(&self, before_ms: u64, limit: usize) -> Result<Vec<Key>, Error> {
@@ -649,7 +659,7 @@ impl Queue for SqliteBackend {
         check_messages(std::slice::from_ref(&message), &capabilities())?;
         let now = self.now();
         self.with(|conn| {
-            let tx = WriteTx::begin(conn, false)?;
+            let tx = WriteTx::begin(conn)?;
             insert_messages(&tx, std::slice::from_ref(&message), now)?;
             tx.commit()
         })?;
@@ -756,7 +766,7 @@ fn receive_now(
     max: usize,
     visibility: Duration,
 ) -> Result<(Vec<Received>, Option<i64>), Error> {
-    let tx = WriteTx::begin(conn, false)?;
+    let tx = WriteTx::begin(conn)?;
     let mut got = Vec::new();
     {
         let mut due = tx
@@ -841,18 +851,19 @@ impl Backend for SqliteBackend {
         let now = self.now();
         let purge = self.purge_due();
         let sync = checkpoint.sync && self.options.fsync;
-        self.with(|conn| {
-            let tx = WriteTx::begin(conn, sync)?;
+        let ticket = self.with(|conn| {
+            let tx = WriteTx::begin(conn)?;
             apply_checkpoint(&tx, &checkpoint, now)?;
             if purge {
                 purge_expired(&tx, now)?;
             }
-            tx.commit()
+            tx.commit()?;
+            Ok(sync.then(|| self.wal.ticket()))
         })?;
         if sends {
             self.arrived.notify_waiters();
         }
-        Ok(())
+        self.durable(ticket).await
     }
 
     /// One transaction for the whole batch. A checkpoint that could fail
@@ -868,12 +879,13 @@ impl Backend for SqliteBackend {
         let sync = self.options.fsync && batch.iter().any(|c| c.sync);
         let count = batch.len();
         let conn = self.conn.clone();
+        let wal = self.wal.clone();
         let now = self.now();
         let outcome = tokio::task::spawn_blocking(move || {
             let conn = conn
                 .lock()
                 .map_err(|_| Error::unavailable("the database lock is poisoned"))?;
-            let tx = WriteTx::begin(&conn, sync)?;
+            let tx = WriteTx::begin(&conn)?;
             let mut results = Vec::with_capacity(batch.len());
             for checkpoint in &batch {
                 if let Err(e) = check_checkpoint(checkpoint) {
@@ -902,6 +914,11 @@ impl Backend for SqliteBackend {
                 results.push(result);
             }
             tx.commit()?;
+            let ticket = sync.then(|| wal.ticket());
+            drop(conn);
+            if let Some(ticket) = ticket {
+                wal.sync_through(ticket)?;
+            }
             Ok(results)
         })
         .await

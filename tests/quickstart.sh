@@ -6,6 +6,9 @@
 #   2. a merge takes the same SHA through staging to an approval in production;
 #   3. an approval sends it through canary 10/50/100 to success;
 #   4. a second artifact, faulty at 10%, rolls production back and holds it.
+# Every API call carries a token: the admin token given at start issues an
+# operator token for the script and approver tokens for alice, bob and
+# carol; the audit log is shown and verified at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rustup toolchain install >/dev/null
@@ -29,7 +32,9 @@ trap cleanup EXIT
 "$bin/gantry-toy-app" dev=127.0.0.1:7101 staging=127.0.0.1:7102 production=127.0.0.1:7103 \
   >"$work/toy.log" 2>&1 &
 pids+=($!)
-"$gantry" serve --config tests/example/gantry.yaml --data-dir "$work/data" \
+admin_token="quickstart-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+GANTRY_ADMIN_TOKEN="$admin_token" \
+  "$gantry" serve --config tests/example/gantry.yaml --data-dir "$work/data" \
   --listen "${GANTRY_SERVER#http://}" >"$work/serve.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do
@@ -38,6 +43,16 @@ for _ in $(seq 100); do
 done
 curl -sf "$GANTRY_SERVER/healthz" >/dev/null || { cat "$work/serve.log" "$work/toy.log" >&2; exit 1; }
 echo "== gantry serve is up at $GANTRY_SERVER (log: $work/serve.log)"
+
+echo; echo "== tokens: an operator for this script, an approver each for alice, bob and carol"
+issue() { GANTRY_TOKEN="$admin_token" "$gantry" token issue --user "$1" --role "$2" --expires 1d; }
+export GANTRY_TOKEN=$(issue ops operator)
+alice_token=$(issue alice approver)
+bob_token=$(issue bob approver)
+carol_token=$(issue carol approver)
+GANTRY_TOKEN="$admin_token" "$gantry" token list
+echo "== without a token, the API refuses:"
+GANTRY_TOKEN= "$gantry" runs list || true
 
 # wait_for RUN STATUS: polls until the run reaches STATUS (or fails loudly).
 wait_for() {
@@ -68,10 +83,10 @@ wait_for "$prod_run" waiting
 "$gantry" runs show "$prod_run"
 
 echo; echo "== alice wrote the change, so she may not approve it"
-"$gantry" approve "$prod_run" --env production --as alice --reason "ship it" || true
+GANTRY_TOKEN="$alice_token" "$gantry" approve "$prod_run" --env production --reason "ship it" || true
 
 echo; echo "== 3. bob approves: canary 10/50/100 to success"
-"$gantry" approve "$prod_run" --env production --as bob --reason "reviewed the staging evidence"
+GANTRY_TOKEN="$bob_token" "$gantry" approve "$prod_run" --env production --reason "reviewed the staging evidence"
 wait_for "$prod_run" succeeded
 "$gantry" runs show "$prod_run"
 "$gantry" evidence $good
@@ -81,7 +96,7 @@ curl -sf -X POST -H 'content-type: application/json' \
   -d "{\"sha\":\"$bad\",\"error_rate\":0.4}" http://127.0.0.1:7103/faults
 bad_run=$("$gantry" submit merge --repo acme/web --base main --sha $bad --author dave --merged-by dave --json | run_id)
 wait_for "$bad_run" waiting
-"$gantry" approve "$bad_run" --env production --as carol --reason "looks fine in staging"
+GANTRY_TOKEN="$carol_token" "$gantry" approve "$bad_run" --env production --reason "looks fine in staging"
 wait_for "$bad_run" rolled_back
 "$gantry" runs show "$bad_run"
 "$gantry" evidence $bad
@@ -90,3 +105,6 @@ curl -sf http://127.0.0.1:7103/health; echo
 "$gantry" release production
 echo; echo "== every run"
 "$gantry" runs list
+echo; echo "== the audit log: every change and refusal, hash-chained"
+GANTRY_TOKEN="$admin_token" "$gantry" audit
+GANTRY_TOKEN="$admin_token" "$gantry" audit verify

@@ -6,23 +6,35 @@
 //! | `POST /api/events` | `{"delivery"?, "event": {...}}`: dedupe, enqueue durably, 202 |
 //! | `GET /api/runs?limit=&after=` | `{"runs": [...], "next"}`: a page of runs, newest first |
 //! | `GET /api/runs/{id}` | one run, with stages, steps and timings |
-//! | `POST /api/runs/{id}/decisions` | `{"environment","user","approve","reason","token"?}` |
+//! | `POST /api/runs/{id}/decisions` | `{"environment","approve","reason","user"?,"token"?}`: the caller's decision |
 //! | `GET /api/evidence/{sha}` | the evidence ledger of a commit |
 //! | `GET /api/environments` | environment state: current, previous, holder, held |
 //! | `POST /api/environments/{env}/release` | `{"pipeline"?}`: clear a hold |
 //! | `GET /api/dlq?limit=&after=` | `{"dead_letters": [...], "next"}`, oldest first |
 //! | `POST /api/dlq/{id}/retry` | put a dead letter's run back where it was |
-//! | `GET /healthz` | `ok`, or `degraded` with the runs needing attention and dead letters |
+//! | `GET /api/tokens` | every token (never a secret) |
+//! | `POST /api/tokens` | `{"user","role","environments"?,"expires_in_secs"?}`: the new token, shown once |
+//! | `POST /api/tokens/{id}/revoke` | revoke a token |
+//! | `GET /api/audit?since_ms=&limit=&before=` | `{"records": [...], "next"}`, newest first |
+//! | `GET /api/audit/verify` | `{"records": N}` or 409 naming the first broken record |
+//! | `GET /healthz` | `ok`, or `degraded` with the runs needing attention and dead letters; open |
 //! | `GET /metrics` | Prometheus text |
+//!
+//! Every route but `/healthz` needs a bearer token whose role allows it
+//! ([`guard`]); `/metrics` is open with `public_metrics`.
+
+mod guard;
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use gantry_auth::{Action, Caller, IssueRequest};
 use gantry_engine::{Engine, Refusal};
+pub use guard::{Access, Audited, action_of, cross_site};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::Digest;
@@ -32,8 +44,29 @@ pub struct AppError(StatusCode, String);
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        let refused = guard::RefusedWith(self.1.clone());
+        let mut response = (self.0, Json(json!({ "error": self.1 }))).into_response();
+        response.extensions_mut().insert(refused);
+        response
     }
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    engine: Arc<Engine>,
+    access: Arc<Access>,
+}
+
+/// `response` with what the audit log should say it did.
+fn audited(response: impl IntoResponse, audited: Audited) -> Response {
+    let mut response = response.into_response();
+    response.extensions_mut().insert(audited);
+    response
+}
+
+fn forbidden(why: String) -> AppError {
+    AppError(StatusCode::FORBIDDEN, why)
 }
 
 /// The HTTP status of a refusal.
@@ -68,10 +101,10 @@ fn unavailable(e: impl std::fmt::Display) -> AppError {
     AppError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
 }
 
-/// The router over `engine`.
-pub fn app(engine: Arc<Engine>) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
+/// The router over `engine`, guarded by `access`.
+pub fn app(engine: Arc<Engine>, access: Arc<Access>) -> Router {
+    let state = AppState { engine, access };
+    let guarded = Router::new()
         .route("/metrics", get(metrics))
         .route("/api/events", post(submit))
         .route("/api/runs", get(runs))
@@ -82,10 +115,22 @@ pub fn app(engine: Arc<Engine>) -> Router {
         .route("/api/environments/{env}/release", post(release))
         .route("/api/dlq", get(dlq))
         .route("/api/dlq/{id}/retry", post(dlq_retry))
-        .with_state(engine)
+        .route("/api/tokens", get(tokens).post(issue_token))
+        .route("/api/tokens/{id}/revoke", post(revoke_token))
+        .route("/api/audit", get(audit))
+        .route("/api/audit/verify", get(audit_verify))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::guard,
+        ));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(guarded)
+        .with_state(state)
 }
 
-async fn healthz(State(engine): State<Arc<Engine>>) -> Result<Json<Value>, AppError> {
+async fn healthz(State(state): State<AppState>) -> Result<Json<Value>, AppError> {
+    let engine = &state.engine;
     let depth = engine.backend().depth().await.map_err(unavailable)?;
     let counts = engine.counts().await.map_err(unavailable)?;
     let attention = counts.runs.get("needs_attention").copied().unwrap_or(0);
@@ -100,10 +145,11 @@ async fn healthz(State(engine): State<Arc<Engine>>) -> Result<Json<Value>, AppEr
         "dead_letters": counts.dead_letters,
         "queue": { "visible": depth.visible, "delayed": depth.delayed, "in_flight": depth.in_flight },
         "workers_busy": engine.metrics().busy_workers(),
+        "authentication": if state.access.insecure { "off (--insecure-no-auth)" } else { "tokens" },
     })))
 }
 
-async fn metrics(State(engine): State<Arc<Engine>>) -> Result<Response, AppError> {
+async fn metrics(State(AppState { engine, .. }): State<AppState>) -> Result<Response, AppError> {
     let snapshot = engine.snapshot().await.map_err(unavailable)?;
     Ok((
         [("content-type", "text/plain; version=0.0.4")],
@@ -121,9 +167,9 @@ struct SubmitBody {
 }
 
 async fn submit(
-    State(engine): State<Arc<Engine>>,
+    State(AppState { engine, .. }): State<AppState>,
     body: axum::body::Bytes,
-) -> Result<(StatusCode, Json<Value>), AppError> {
+) -> Result<Response, AppError> {
     let body: SubmitBody = serde_json::from_slice(&body)
         .map_err(|e| AppError(StatusCode::BAD_REQUEST, format!("body: {e}")))?;
     // Without a delivery id, the event's own content is its identity: the
@@ -141,11 +187,16 @@ async fn submit(
     } else {
         StatusCode::ACCEPTED
     };
-    Ok((status, Json(json!(submitted))))
+    let note = Audited {
+        action: format!("submit (delivery {delivery})"),
+        run: Some(submitted.run.clone()),
+        environment: None,
+    };
+    Ok(audited((status, Json(json!(submitted))), note))
 }
 
 async fn runs(
-    State(engine): State<Arc<Engine>>,
+    State(AppState { engine, .. }): State<AppState>,
     Query(page): Query<PageQuery>,
 ) -> Result<Json<Value>, AppError> {
     let runs = engine
@@ -156,20 +207,37 @@ async fn runs(
 }
 
 async fn run(
-    State(engine): State<Arc<Engine>>,
+    State(AppState { engine, .. }): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, AppError> {
     match engine.run(&id).await.map_err(unavailable)? {
-        Some(run) => Ok(Json(json!(run))),
+        Some(run) => Ok(Json(without_approval_tokens(json!(run)))),
         None => Err(AppError(StatusCode::NOT_FOUND, format!("no run {id}"))),
     }
+}
+
+/// `run` without the approval tokens (they prove a Slack click genuine and
+/// are never shown).
+fn without_approval_tokens(mut run: Value) -> Value {
+    let stages = run.get_mut("stages").and_then(Value::as_array_mut);
+    for stage in stages.into_iter().flatten() {
+        let steps = stage.get_mut("steps").and_then(Value::as_array_mut);
+        for step in steps.into_iter().flatten() {
+            if let Some(approval) = step.get_mut("approval").and_then(Value::as_object_mut) {
+                approval.remove("token");
+            }
+        }
+    }
+    run
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DecideBody {
     environment: String,
-    user: String,
+    /// Must be the caller when given.
+    #[serde(default)]
+    user: Option<String>,
     approve: bool,
     reason: String,
     #[serde(default)]
@@ -177,27 +245,52 @@ struct DecideBody {
 }
 
 async fn decide(
-    State(engine): State<Arc<Engine>>,
+    State(AppState { engine, access }): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     body: axum::body::Bytes,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Response, Response> {
     let body: DecideBody = serde_json::from_slice(&body)
-        .map_err(|e| AppError(StatusCode::BAD_REQUEST, format!("body: {e}")))?;
+        .map_err(|e| AppError(StatusCode::BAD_REQUEST, format!("body: {e}")).into_response())?;
+    let note = Audited {
+        action: if body.approve { "approve" } else { "reject" }.into(),
+        run: Some(id.clone()),
+        environment: Some(body.environment.clone()),
+    };
+    let refused = |e: AppError| audited(e, note.clone());
+    caller
+        .allows(&Action::Decide {
+            environment: Some(&body.environment),
+        })
+        .map_err(|why| refused(forbidden(why)))?;
+    // The decision is the caller's: a body may not name someone else.
+    // Without authentication, the body names the approver as before.
+    let user = match (&body.user, access.insecure) {
+        (Some(user), true) => user.clone(),
+        (Some(user), false) if !caller.is(user) => {
+            return Err(refused(forbidden(format!(
+                "this token decides as {}, not {user}",
+                caller.user
+            ))));
+        }
+        _ => caller.user.clone(),
+    };
     let outcome = engine
         .decide(
             &id,
             &body.environment,
-            &body.user,
+            &user,
             body.approve,
             &body.reason,
             body.token.as_deref(),
         )
-        .await?;
-    Ok(Json(json!(outcome)))
+        .await
+        .map_err(|e| refused(e.into()))?;
+    Ok(audited(Json(json!(outcome)), note))
 }
 
 async fn evidence(
-    State(engine): State<Arc<Engine>>,
+    State(AppState { engine, .. }): State<AppState>,
     Path(sha): Path<String>,
 ) -> Result<Json<Value>, AppError> {
     if sha.len() < 7 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
@@ -210,7 +303,9 @@ async fn evidence(
     Ok(Json(json!(found)))
 }
 
-async fn environments(State(engine): State<Arc<Engine>>) -> Result<Json<Value>, AppError> {
+async fn environments(
+    State(AppState { engine, .. }): State<AppState>,
+) -> Result<Json<Value>, AppError> {
     Ok(Json(engine.environments().await.map_err(unavailable)?))
 }
 
@@ -222,23 +317,36 @@ struct ReleaseBody {
 }
 
 async fn release(
-    State(engine): State<Arc<Engine>>,
+    State(AppState { engine, .. }): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(env): Path<String>,
     body: axum::body::Bytes,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Response, Response> {
     let body: ReleaseBody = if body.is_empty() {
         ReleaseBody::default()
     } else {
         serde_json::from_slice(&body)
-            .map_err(|e| AppError(StatusCode::BAD_REQUEST, format!("body: {e}")))?
+            .map_err(|e| AppError(StatusCode::BAD_REQUEST, format!("body: {e}")).into_response())?
     };
-    Ok(Json(json!(
-        engine.release(body.pipeline.as_deref(), &env).await?
-    )))
+    let note = Audited {
+        action: "release".into(),
+        run: None,
+        environment: Some(env.clone()),
+    };
+    caller
+        .allows(&Action::Release {
+            environment: Some(&env),
+        })
+        .map_err(|why| audited(forbidden(why), note.clone()))?;
+    let released = engine
+        .release(body.pipeline.as_deref(), &env)
+        .await
+        .map_err(|e| audited(AppError::from(e), note.clone()))?;
+    Ok(audited(Json(json!(released)), note))
 }
 
 async fn dlq(
-    State(engine): State<Arc<Engine>>,
+    State(AppState { engine, .. }): State<AppState>,
     Query(page): Query<PageQuery>,
 ) -> Result<Json<Value>, AppError> {
     let (letters, next) = engine
@@ -265,11 +373,99 @@ async fn dlq(
 }
 
 async fn dlq_retry(
-    State(engine): State<Arc<Engine>>,
+    State(AppState { engine, .. }): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Response, AppError> {
     let letter = engine.redrive(&id).await?;
-    Ok(Json(
-        json!({ "id": id, "redriven": true, "run": letter.run }),
+    let note = Audited {
+        action: format!("re-drive dead letter {id}"),
+        run: letter.run.clone(),
+        environment: None,
+    };
+    Ok(audited(
+        Json(json!({ "id": id, "redriven": true, "run": letter.run })),
+        note,
     ))
+}
+
+async fn tokens(State(AppState { access, .. }): State<AppState>) -> Result<Json<Value>, AppError> {
+    let tokens = access.tokens.list().await.map_err(unavailable)?;
+    Ok(Json(json!({ "tokens": tokens })))
+}
+
+async fn issue_token(
+    State(AppState { access, .. }): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    body: axum::body::Bytes,
+) -> Result<Response, AppError> {
+    let request: IssueRequest = serde_json::from_slice(&body)
+        .map_err(|e| AppError(StatusCode::BAD_REQUEST, format!("body: {e}")))?;
+    request
+        .check()
+        .map_err(|e| AppError(StatusCode::BAD_REQUEST, e))?;
+    let issued = access
+        .tokens
+        .issue(&request, &caller.user)
+        .await
+        .map_err(unavailable)?;
+    let note = Audited {
+        action: format!(
+            "issue token {} for {} ({})",
+            issued.record.id, issued.record.user, issued.record.role
+        ),
+        run: None,
+        environment: None,
+    };
+    Ok(audited((StatusCode::CREATED, Json(json!(issued))), note))
+}
+
+async fn revoke_token(
+    State(AppState { access, .. }): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, Response> {
+    let note = Audited {
+        action: format!("revoke token {id}"),
+        run: None,
+        environment: None,
+    };
+    let revoked = access.tokens.revoke(&id).await;
+    match revoked.map_err(|e| unavailable(e).into_response())? {
+        Some(record) => Ok(audited(Json(json!(record)), note)),
+        None => Err(audited(
+            AppError(StatusCode::NOT_FOUND, format!("no token {id}")),
+            note,
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    #[serde(default)]
+    since_ms: u64,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    before: Option<u64>,
+}
+
+async fn audit(
+    State(AppState { access, .. }): State<AppState>,
+    Query(query): Query<AuditQuery>,
+) -> Result<Json<Value>, AppError> {
+    let (records, next) = access
+        .audit
+        .page(query.since_ms, query.limit.unwrap_or(100), query.before)
+        .await
+        .map_err(unavailable)?;
+    Ok(Json(json!({ "records": records, "next": next })))
+}
+
+async fn audit_verify(
+    State(AppState { access, .. }): State<AppState>,
+) -> Result<Json<Value>, AppError> {
+    match access.audit.verify().await.map_err(unavailable)? {
+        Ok(records) => Ok(Json(json!({ "records": records }))),
+        Err(broken) => Err(AppError(StatusCode::CONFLICT, broken.to_string())),
+    }
 }

@@ -6,6 +6,21 @@ use anyhow::{Context, anyhow};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
+/// `println!` for text from the server: control characters (a branch name's
+/// escape sequences) are shown escaped, not sent to the terminal.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        println!("{}", crate::terminal_safe(&format!($($arg)*)))
+    };
+}
+
+/// [`say!`] to stderr.
+macro_rules! esay {
+    ($($arg:tt)*) => {
+        eprintln!("{}", crate::terminal_safe(&format!($($arg)*)))
+    };
+}
+
 /// Where the server is; shared by every client command.
 #[derive(Args, Clone)]
 pub struct ServerArgs {
@@ -17,6 +32,9 @@ pub struct ServerArgs {
         default_value = "http://127.0.0.1:8420"
     )]
     server: String,
+    /// The bearer token (`gantry token issue` makes one).
+    #[arg(long, global = true, env = "GANTRY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -93,9 +111,9 @@ pub struct DecideArgs {
     /// The environment whose approval step it waits at.
     #[arg(long = "env")]
     environment: String,
-    /// Who decides.
+    /// Who decides: the token's user (a check; another name is refused).
     #[arg(long = "as")]
-    user: String,
+    user: Option<String>,
     /// Why.
     #[arg(long)]
     reason: String,
@@ -118,6 +136,7 @@ pub enum DlqCommand {
 
 struct Client {
     base: String,
+    token: Option<String>,
     http: reqwest::Client,
 }
 
@@ -125,6 +144,7 @@ impl Client {
     fn new(server: &ServerArgs) -> Self {
         Client {
             base: server.server.trim_end_matches('/').to_string(),
+            token: server.token.clone().filter(|t| !t.trim().is_empty()),
             http: reqwest::Client::new(),
         }
     }
@@ -140,6 +160,9 @@ impl Client {
             .http
             .request(method.clone(), &url)
             .timeout(std::time::Duration::from_secs(30));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token.trim());
+        }
         if let Some(body) = body {
             request = request
                 .header("content-type", "application/json")
@@ -162,7 +185,11 @@ impl Client {
                 .and_then(Value::as_str)
                 .map(str::to_string)
                 .unwrap_or_else(|| value.to_string());
-            Err(anyhow!("{method} {path}: {status}: {message}"))
+            let hint = match status.as_u16() {
+                401 if self.token.is_none() => " (set GANTRY_TOKEN or --token)",
+                _ => "",
+            };
+            Err(anyhow!("{method} {path}: {status}: {message}{hint}"))
         }
     }
 
@@ -176,7 +203,7 @@ impl Client {
 }
 
 fn print_json(value: &Value) {
-    println!(
+    say!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_default()
     );
@@ -222,9 +249,9 @@ pub async fn submit(server: ServerArgs, command: SubmitCommand) -> anyhow::Resul
             .unwrap_or_default();
         let run = answer["run"].as_str().unwrap_or("?");
         if answer["duplicate"].as_bool() == Some(true) {
-            println!("run {run} (duplicate delivery; nothing new started)");
+            say!("run {run} (duplicate delivery; nothing new started)");
         } else {
-            println!("run {run} started: {}", envs.join(" → "));
+            say!("run {run} started: {}", envs.join(" → "));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -246,7 +273,7 @@ pub async fn runs(server: ServerArgs, command: RunsCommand) -> anyhow::Result<Ex
             }
             let list = page["runs"].as_array().cloned().unwrap_or_default();
             if list.is_empty() {
-                println!("no runs");
+                say!("no runs");
             }
             for run in list {
                 let stage = run["stages"]
@@ -254,7 +281,7 @@ pub async fn runs(server: ServerArgs, command: RunsCommand) -> anyhow::Result<Ex
                     .and_then(|s| s["environment"].as_str())
                     .unwrap_or("-")
                     .to_string();
-                println!(
+                say!(
                     "{:<13} {:<12} {:<9} {:<12} {}",
                     run["id"].as_str().unwrap_or("?"),
                     run["status"].as_str().unwrap_or("?"),
@@ -264,7 +291,7 @@ pub async fn runs(server: ServerArgs, command: RunsCommand) -> anyhow::Result<Ex
                 );
             }
             if let Some(next) = page["next"].as_str() {
-                println!("more: gantry runs list --after {next}");
+                say!("more: gantry runs list --after {next}");
             }
         }
         RunsCommand::Show { id } => {
@@ -381,12 +408,12 @@ pub async fn decide(
             json!({"environment": args.environment, "user": args.user, "approve": approve, "reason": args.reason}),
         )
         .await?;
+    let by = answer["by"].as_str().unwrap_or("?");
     if server.json {
         print_json(&answer);
     } else if approve {
-        println!(
-            "{} approved run {} in {} ({} of {}; {} still needed)",
-            args.user,
+        say!(
+            "{by} approved run {} in {} ({} of {}; {} still needed)",
             args.run,
             args.environment,
             answer["approvals"],
@@ -394,10 +421,7 @@ pub async fn decide(
             answer["still_needed"]
         );
     } else {
-        println!(
-            "{} rejected run {} in {}",
-            args.user, args.run, args.environment
-        );
+        say!("{by} rejected run {} in {}", args.run, args.environment);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -412,11 +436,11 @@ pub async fn evidence(server: ServerArgs, sha: String) -> anyhow::Result<ExitCod
     }
     let list = found.as_array().cloned().unwrap_or_default();
     if list.is_empty() {
-        println!("no evidence for {sha}");
+        say!("no evidence for {sha}");
         return Ok(ExitCode::from(1));
     }
     for ev in list {
-        println!(
+        say!(
             "{} {}{}",
             ev["environment"].as_str().unwrap_or("?"),
             short(ev["sha"].as_str().unwrap_or("")),
@@ -440,7 +464,7 @@ pub async fn evidence(server: ServerArgs, sha: String) -> anyhow::Result<ExitCod
                     )
                 })
                 .collect();
-            println!(
+            say!(
                 "  {:<10} {:<16} {}{}",
                 e["kind"].as_str().unwrap_or("?"),
                 e["step"].as_str().unwrap_or("?"),
@@ -472,7 +496,7 @@ pub async fn release(
     if server.json {
         print_json(&answer);
     } else {
-        println!(
+        say!(
             "{environment} released (it was held by run {}: {})",
             answer["was_held_by"].as_str().unwrap_or("?"),
             answer["reason"].as_str().unwrap_or("")
@@ -493,10 +517,10 @@ pub async fn dlq(server: ServerArgs, command: DlqCommand) -> anyhow::Result<Exit
             }
             let entries = list["dead_letters"].as_array().cloned().unwrap_or_default();
             if entries.is_empty() {
-                println!("no dead letters");
+                say!("no dead letters");
             }
             for e in entries {
-                println!(
+                say!(
                     "{}  run {}  received {}×, {} attempts\n    {}",
                     e["id"].as_str().unwrap_or("?"),
                     e["run"].as_str().unwrap_or("-"),
@@ -529,7 +553,7 @@ pub async fn dlq(server: ServerArgs, command: DlqCommand) -> anyhow::Result<Exit
             if server.json {
                 print_json(&Value::Array(done));
             } else {
-                println!("retried {} dead letter(s)", done.len());
+                say!("retried {} dead letter(s)", done.len());
             }
         }
     }
@@ -539,4 +563,237 @@ pub async fn dlq(server: ServerArgs, command: DlqCommand) -> anyhow::Result<Exit
 /// `text` as one URL path segment or query value.
 fn url_escape(text: &str) -> String {
     url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+/// `gantry token`.
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Issue a token; it is printed once and stored only as a hash.
+    Issue {
+        /// The user it acts as (decisions are this user's).
+        #[arg(long)]
+        user: String,
+        /// viewer, approver, operator or admin.
+        #[arg(long)]
+        role: String,
+        /// An environment it may decide and release in (repeat; all when
+        /// none).
+        #[arg(long = "env")]
+        environments: Vec<String>,
+        /// How long it works: `90d`, `12h`, `30m` (forever when absent).
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// Every token: id, user, role, environments, expiry, revocation.
+    List,
+    /// Revoke a token.
+    Revoke {
+        /// The token's id.
+        id: String,
+    },
+}
+
+/// `--expires` in seconds.
+fn parse_expiry(text: &str) -> anyhow::Result<u64> {
+    let duration = gantry_pipeline::Span::parse(text).ok_or_else(|| {
+        anyhow!("--expires `{text}`: expected a duration such as 90d, 12h or 30m")
+    })?;
+    match duration.0.as_secs() {
+        0 => Err(anyhow!("--expires `{text}`: must be at least one second")),
+        secs => Ok(secs),
+    }
+}
+
+fn when(ms: &Value) -> String {
+    ms.as_u64().map_or("-".into(), |ms| format!("{ms}"))
+}
+
+/// `gantry token`.
+pub async fn token(server: ServerArgs, command: TokenCommand) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&server);
+    match command {
+        TokenCommand::Issue {
+            user,
+            role,
+            environments,
+            expires,
+        } => {
+            let expires_in_secs = expires.as_deref().map(parse_expiry).transpose()?;
+            let body = json!({
+                "user": user, "role": role, "environments": environments,
+                "expires_in_secs": expires_in_secs,
+            });
+            let issued = client.post("/api/tokens", body).await?;
+            if server.json {
+                print_json(&issued);
+            } else {
+                let record = &issued["record"];
+                esay!(
+                    "token {} for {} ({}); shown once, keep it secret:",
+                    text(&record["id"]),
+                    text(&record["user"]),
+                    text(&record["role"])
+                );
+                say!("{}", issued["token"].as_str().unwrap_or(""));
+            }
+        }
+        TokenCommand::List => {
+            let list = client.get("/api/tokens").await?;
+            if server.json {
+                print_json(&list);
+                return Ok(ExitCode::SUCCESS);
+            }
+            say!(
+                "{:<17} {:<16} {:<9} {:<20} {:<14} {:<14}",
+                "ID",
+                "USER",
+                "ROLE",
+                "ENVIRONMENTS",
+                "EXPIRES_MS",
+                "REVOKED_MS"
+            );
+            for t in list["tokens"].as_array().cloned().unwrap_or_default() {
+                let envs: Vec<String> = t["environments"]
+                    .as_array()
+                    .map(|a| a.iter().map(text).collect())
+                    .unwrap_or_default();
+                let envs = if envs.is_empty() {
+                    "all".to_string()
+                } else {
+                    envs.join(",")
+                };
+                say!(
+                    "{:<17} {:<16} {:<9} {:<20} {:<14} {:<14}",
+                    text(&t["id"]),
+                    text(&t["user"]),
+                    text(&t["role"]),
+                    envs,
+                    when(&t["expires_ms"]),
+                    when(&t["revoked_ms"])
+                );
+            }
+        }
+        TokenCommand::Revoke { id } => {
+            let record = client
+                .post(
+                    &format!("/api/tokens/{}/revoke", url_escape(&id)),
+                    json!({}),
+                )
+                .await?;
+            if server.json {
+                print_json(&record);
+            } else {
+                say!(
+                    "token {} ({}) revoked",
+                    text(&record["id"]),
+                    text(&record["user"])
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `gantry audit`.
+#[derive(Args)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    command: Option<AuditCommand>,
+    /// Only records this recent: `24h`, `7d` (all when absent).
+    #[arg(long)]
+    since: Option<String>,
+}
+
+/// `gantry audit export` / `verify`.
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Every record, oldest first, as JSON Lines.
+    Export,
+    /// Check the hash chain; names the first broken record.
+    Verify,
+}
+
+/// Every audit record from `since_ms`, newest first.
+async fn audit_records(client: &Client, since_ms: u64) -> anyhow::Result<Vec<Value>> {
+    let mut records = Vec::new();
+    let mut before: Option<u64> = None;
+    loop {
+        let mut path = format!("/api/audit?limit=1000&since_ms={since_ms}");
+        if let Some(before) = before {
+            path.push_str(&format!("&before={before}"));
+        }
+        let page = client.get(&path).await?;
+        records.extend(page["records"].as_array().cloned().unwrap_or_default());
+        match page["next"].as_u64() {
+            Some(next) => before = Some(next),
+            None => return Ok(records),
+        }
+    }
+}
+
+/// `gantry audit`.
+pub async fn audit(server: ServerArgs, args: AuditArgs) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&server);
+    match args.command {
+        Some(AuditCommand::Verify) => {
+            let answer = client.get("/api/audit/verify").await;
+            match answer {
+                Ok(answer) => {
+                    say!("audit log intact: {} records", answer["records"]);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    esay!("audit log broken: {e}");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        Some(AuditCommand::Export) => {
+            let mut records = audit_records(&client, 0).await?;
+            records.reverse();
+            for record in records {
+                say!("{}", serde_json::to_string(&record)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            let since_ms = match &args.since {
+                Some(since) => {
+                    let back = gantry_pipeline::Span::parse(since).ok_or_else(|| {
+                        anyhow!("--since `{since}`: expected a duration such as 24h or 7d")
+                    })?;
+                    gantry_store::now_ms().saturating_sub(back.0.as_millis() as u64)
+                }
+                None => 0,
+            };
+            let records = audit_records(&client, since_ms).await?;
+            if server.json {
+                print_json(&json!({ "records": records }));
+                return Ok(ExitCode::SUCCESS);
+            }
+            for r in records.iter().rev() {
+                say!(
+                    "#{} {} {} via {}: {} run={} env={} → {}",
+                    r["seq"],
+                    when(&r["at_ms"]),
+                    text(&r["who"]),
+                    text(&r["via"]),
+                    text(&r["action"]),
+                    text(&r["run"]),
+                    text(&r["environment"]),
+                    text(&r["outcome"])
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// A JSON value as text: strings without their quotes, `-` for null.
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
 }

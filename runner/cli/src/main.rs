@@ -84,6 +84,20 @@ enum Command {
         #[command(subcommand)]
         command: client::DlqCommand,
     },
+    /// Issue, list and revoke API tokens (an admin token).
+    Token {
+        #[command(flatten)]
+        server: client::ServerArgs,
+        #[command(subcommand)]
+        command: client::TokenCommand,
+    },
+    /// The audit log: recent records, `export`, `verify` (an admin token).
+    Audit {
+        #[command(flatten)]
+        server: client::ServerArgs,
+        #[command(flatten)]
+        args: client::AuditArgs,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -123,15 +137,32 @@ fn main() -> std::process::ExitCode {
                 pipeline,
             } => client::release(server, environment, pipeline).await,
             Command::Dlq { server, command } => client::dlq(server, command).await,
+            Command::Token { server, command } => client::token(server, command).await,
+            Command::Audit { server, args } => client::audit(server, args).await,
         }
     });
     match outcome {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", terminal_safe(&format!("{e:#}")));
             std::process::ExitCode::from(2)
         }
     }
+}
+
+/// `text` with every control character but newline and tab escaped
+/// (`\u{1b}`), so text from outside cannot move the cursor or recolour the
+/// terminal.
+fn terminal_safe(text: &str) -> String {
+    let mut safe = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && c != '\n' && c != '\t' {
+            safe.extend(c.escape_default());
+        } else {
+            safe.push(c);
+        }
+    }
+    safe
 }
 
 /// Logs go to stderr; `RUST_LOG` overrides the command's default level.
@@ -142,4 +173,21 @@ fn init_tracing(default: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::terminal_safe;
+
+    #[test]
+    fn escape_sequences_are_shown_not_sent() {
+        let branch = "feature/\u{1b}[2J\u{1b}]0;pwned\u{7}x\r";
+        let safe = terminal_safe(&format!("run r1 on {branch}\n"));
+        assert!(
+            !safe.chars().any(|c| c.is_control() && c != '\n'),
+            "{safe:?}"
+        );
+        assert!(safe.contains("\\u{1b}[2J"), "{safe}");
+        assert!(safe.ends_with('\n'));
+    }
 }

@@ -57,6 +57,12 @@ pub struct CommonArgs {
     /// A file of `NAME=value` lines for environment secrets.
     #[arg(long)]
     secrets_file: Option<PathBuf>,
+    /// Also read environment secrets from this process's environment
+    /// variables that start with PREFIX (`GANTRY_SECRET_DB_PASSWORD` is the
+    /// secret `DB_PASSWORD` with `--secrets-env-prefix GANTRY_SECRET_`).
+    /// No other variable of the server's is ever a secret.
+    #[arg(long, value_parser = nonempty_prefix)]
+    secrets_env_prefix: Option<String>,
     /// Compiled-plugin cache directory.
     #[arg(long, env = "GANTRY_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
@@ -67,12 +73,74 @@ pub struct CommonArgs {
 pub struct ServeArgs {
     #[command(flatten)]
     common: CommonArgs,
-    /// Where the API and the webhooks listen.
+    /// Where the API listens (and the webhooks, unless --webhook-listen).
     #[arg(long, default_value = "127.0.0.1:8420")]
     listen: SocketAddr,
+    /// Put the webhook routes on their own listener, so the API's can stay
+    /// private.
+    #[arg(long)]
+    webhook_listen: Option<SocketAddr>,
     /// Handlers running at once.
     #[arg(long, default_value_t = 32)]
     workers: usize,
+    #[command(flatten)]
+    access: AccessArgs,
+}
+
+/// Who may call the API.
+#[derive(Args)]
+pub struct AccessArgs {
+    /// A file holding the admin token (at least 24 characters), which
+    /// issues the first real tokens; or GANTRY_ADMIN_TOKEN.
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+    /// No authentication at all: every caller is an admin. For a laptop
+    /// only; logged as a warning and shown on /healthz.
+    #[arg(long)]
+    insecure_no_auth: bool,
+    /// Serve /metrics without a token.
+    #[arg(long)]
+    public_metrics: bool,
+}
+
+/// The admin token: `--admin-token-file`, else `GANTRY_ADMIN_TOKEN`.
+fn admin_token(args: &AccessArgs) -> anyhow::Result<Option<String>> {
+    if let Some(path) = &args.admin_token_file {
+        let token = std::fs::read_to_string(path)
+            .with_context(|| format!("--admin-token-file {}", path.display()))?;
+        return Ok(Some(token.trim().to_string()));
+    }
+    Ok(std::env::var("GANTRY_ADMIN_TOKEN")
+        .ok()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty()))
+}
+
+/// Tokens and the audit log over the engine's store.
+fn access(engine: &Engine, args: &AccessArgs) -> anyhow::Result<gantry_api::Access> {
+    let store: Arc<dyn gantry_store::Store> = engine.backend().clone();
+    let clock = gantry_store::system_clock();
+    let mut tokens = gantry_auth::Tokens::new(store.clone(), clock.clone());
+    match admin_token(args)? {
+        Some(token) => {
+            tokens = tokens
+                .with_bootstrap(&token)
+                .map_err(|e| anyhow::anyhow!("--admin-token-file / GANTRY_ADMIN_TOKEN: {e}"))?;
+        }
+        None if !args.insecure_no_auth => eprintln!(
+            "no admin token given (--admin-token-file or GANTRY_ADMIN_TOKEN): only tokens already issued work"
+        ),
+        None => {}
+    }
+    if args.insecure_no_auth {
+        eprintln!("WARNING: --insecure-no-auth: anyone who reaches the API is an admin");
+    }
+    Ok(gantry_api::Access {
+        tokens,
+        audit: gantry_auth::AuditLog::new(store, clock),
+        insecure: args.insecure_no_auth,
+        public_metrics: args.public_metrics,
+    })
 }
 
 /// `gantry receiver`.
@@ -118,6 +186,39 @@ pub fn validate(args: ValidateArgs) -> ExitCode {
     }
 }
 
+fn nonempty_prefix(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        return Err("the prefix may not be empty (that would make every variable a secret)".into());
+    }
+    Ok(text.to_string())
+}
+
+/// The secrets from `--secrets-file` and `--secrets-env-prefix`; a name in
+/// both is an error naming it.
+fn secrets(args: &CommonArgs) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut secrets = match &args.secrets_file {
+        Some(path) => read_secrets(path)?,
+        None => BTreeMap::new(),
+    };
+    if let Some(prefix) = &args.secrets_env_prefix {
+        for (name, value) in std::env::vars_os() {
+            let (Some(name), Some(value)) = (name.to_str(), value.to_str()) else {
+                continue;
+            };
+            let Some(secret) = name.strip_prefix(prefix.as_str()).filter(|s| !s.is_empty()) else {
+                continue;
+            };
+            if secrets
+                .insert(secret.to_string(), value.to_string())
+                .is_some()
+            {
+                bail!("secret {secret} is both in --secrets-file and in {name}");
+            }
+        }
+    }
+    Ok(secrets)
+}
+
 fn read_secrets(path: &Path) -> anyhow::Result<BTreeMap<String, String>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("--secrets-file {}", path.display()))?;
@@ -156,10 +257,7 @@ async fn open(
     }
     let receiver =
         ReceiverConfig::load(args.server_config.as_deref()).map_err(anyhow::Error::msg)?;
-    let secrets = match &args.secrets_file {
-        Some(path) => read_secrets(path)?,
-        None => BTreeMap::new(),
-    };
+    let secrets = secrets(args)?;
     let backend: Arc<dyn Backend> = Arc::new(
         SqliteBackend::open(
             &args.data_dir,
@@ -331,11 +429,30 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         engine.pipelines().len(),
         args.common.data_dir.display()
     );
-    let app = gantry_api::app(engine.clone()).merge(gantry_receiver::routes(engine, receiver));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("the API server failed")?;
+    let access = Arc::new(access(&engine, &args.access)?);
+    let audit = access.audit.clone();
+    let api = gantry_api::app(engine.clone(), access);
+    let webhooks = gantry_receiver::routes(engine, receiver, audit);
+    match args.webhook_listen {
+        None => {
+            axum::serve(listener, api.merge(webhooks))
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+                .context("the API server failed")?;
+        }
+        Some(addr) => {
+            let hooks = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--webhook-listen {addr}"))?;
+            eprintln!("webhooks on http://{}", hooks.local_addr()?);
+            let webhooks = webhooks.route("/healthz", axum::routing::get(|| async { "ok" }));
+            let api = axum::serve(listener, api).with_graceful_shutdown(shutdown_signal());
+            let hooks = axum::serve(hooks, webhooks).with_graceful_shutdown(shutdown_signal());
+            let (api, hooks) = tokio::join!(api, hooks);
+            api.context("the API server failed")?;
+            hooks.context("the webhook server failed")?;
+        }
+    }
     let _ = stop_tx.send(true);
     let _ = workers.await;
     eprintln!("gantry stopped");
@@ -355,7 +472,8 @@ pub async fn receiver(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
         "gantry receiver on http://{local} (queue in {})",
         args.common.data_dir.display()
     );
-    let app = gantry_receiver::routes(engine, receiver)
+    let audit = gantry_auth::AuditLog::new(engine.backend().clone(), gantry_store::system_clock());
+    let app = gantry_receiver::routes(engine, receiver, audit)
         .route("/healthz", axum::routing::get(|| async { "ok" }));
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())

@@ -417,9 +417,12 @@ async fn webhooks_slack_approval_and_github_deployments_end_to_end() {
         slack_addr,
         http: reqwest::Client::new(),
     };
+    // The bot token from its declared source (a prefixed variable); the
+    // server's own environment is never a secret source.
+    s.h.args = vec!["--secrets-env-prefix".into(), "GANTRY_SECRET_".into()];
     s.h.start(&[
         ("GANTRY_SERVER_CONFIG", server_config.display().to_string()),
-        ("SLACK_BOT_TOKEN", BOT_TOKEN.to_string()),
+        ("GANTRY_SECRET_SLACK_BOT_TOKEN", BOT_TOKEN.to_string()),
     ]);
 
     // 1. A signed push deploys dev and passes its smoke gate.

@@ -29,6 +29,10 @@ pub struct DeployRequest<'a> {
     pub idempotency_key: &'a str,
     /// `true` when it restores a previous artifact.
     pub rollback: bool,
+    /// The environment's declared secrets, by name: a command gets them as
+    /// environment variables; an HTTP deploy is never sent them.
+    #[serde(skip)]
+    pub secrets: Vec<(String, String)>,
 }
 
 /// Carries out deploy steps. The engine calls it with the step's target and
@@ -95,6 +99,15 @@ async fn command(
         return Err("the command is empty".into());
     };
     let mut cmd = tokio::process::Command::new(program);
+    // A clean environment: nothing of the server's own (its webhook
+    // secrets, its GitHub token), only PATH to find programs by.
+    cmd.env_clear();
+    if let Some(path) = std::env::var_os("PATH") {
+        cmd.env("PATH", path);
+    }
+    for (name, value) in &request.secrets {
+        cmd.env(name, value);
+    }
     cmd.args(args)
         .kill_on_drop(true)
         .stdin(std::process::Stdio::null())

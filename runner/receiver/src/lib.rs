@@ -22,6 +22,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::post;
+use gantry_auth::{AuditLog, Entry};
 use gantry_engine::{Engine, Refusal};
 use gantry_store::{Key, Precondition, Put, Write};
 use serde_json::{Value, json};
@@ -35,14 +36,17 @@ pub const MAX_BODY: usize = 25 * 1024 * 1024;
 struct Receiver {
     engine: Arc<Engine>,
     config: ReceiverConfig,
+    audit: AuditLog,
     http: reqwest::Client,
 }
 
-/// The receiver's routes over `engine`.
-pub fn routes(engine: Arc<Engine>, config: ReceiverConfig) -> Router {
+/// The receiver's routes over `engine`; every accepted or refused
+/// delivery and click is recorded in `audit`.
+pub fn routes(engine: Arc<Engine>, config: ReceiverConfig, audit: AuditLog) -> Router {
     let state = Arc::new(Receiver {
         engine,
         config,
+        audit,
         http: reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(10))
             .build()
@@ -62,14 +66,51 @@ fn answer(status: StatusCode, body: Value) -> Response {
 fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
     let message = message.into();
     tracing::info!(status = status.as_u16(), %message, "webhook refused");
-    answer(status, json!({ "error": message }))
+    let mut response = answer(status, json!({ "error": message }));
+    response.extensions_mut().insert(RefusedWith(message));
+    response
 }
 
 fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// Who and what an answer is about, for the audit log.
+#[derive(Default)]
+struct Subject {
+    who: Option<String>,
+    action: String,
+    run: Option<String>,
+    environment: Option<String>,
+}
+
+/// The error text of an answer made by [`refuse`].
+#[derive(Clone)]
+struct RefusedWith(String);
+
 async fn github_hook(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) -> Response {
+    let mut subject = Subject {
+        action: format!(
+            "github {}",
+            header(&headers, "x-github-event").unwrap_or("(no event)")
+        ),
+        ..Subject::default()
+    };
+    let response = github_answer(&r, &headers, &body, &mut subject).await;
+    let via = format!(
+        "github delivery {}",
+        header(&headers, "x-github-delivery").unwrap_or("(none)")
+    );
+    r.record(Receiver::entry(subject, via, &response)).await;
+    response
+}
+
+async fn github_answer(
+    r: &Receiver,
+    headers: &HeaderMap,
+    body: &Bytes,
+    subject: &mut Subject,
+) -> Response {
     let Some(secret) = &r.config.github.webhook_secret else {
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -78,29 +119,34 @@ async fn github_hook(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: B
     };
     if let Err(e) = signature::verify_github(
         secret.as_bytes(),
-        header(&headers, "x-hub-signature-256"),
-        &body,
+        header(headers, "x-hub-signature-256"),
+        body,
     ) {
         return refuse(StatusCode::UNAUTHORIZED, e.0);
     }
-    let Some(event) = header(&headers, "x-github-event") else {
+    let Some(event) = header(headers, "x-github-event") else {
         return refuse(StatusCode::BAD_REQUEST, "X-GitHub-Event is missing");
     };
-    let Some(delivery) = header(&headers, "x-github-delivery") else {
+    let Some(delivery) = header(headers, "x-github-delivery") else {
         return refuse(StatusCode::BAD_REQUEST, "X-GitHub-Delivery is missing");
     };
     if event == "ping" {
         return answer(StatusCode::OK, json!({ "pong": true }));
     }
-    let hook = header(&headers, "x-github-hook-id").unwrap_or("-");
+    let hook = header(headers, "x-github-hook-id").unwrap_or("-");
     let id = format!("github-{hook}-{delivery}");
     // (whether the delivery was accepted before, the answer's body)
-    let submitted = match github::translate(event, &body) {
-        Ok(github::Translated::Event(source)) => r
-            .engine
-            .submit(&id, source)
-            .await
-            .map(|s| (s.duplicate, Json(s).into_response())),
+    let submitted = match github::translate(event, body) {
+        Ok(github::Translated::Event(source)) => {
+            subject.who = ["merged_by", "author"]
+                .iter()
+                .find_map(|field| source.get(field).and_then(Value::as_str))
+                .map(str::to_string);
+            r.engine.submit(&id, source).await.map(|s| {
+                subject.run = Some(s.run.clone());
+                (s.duplicate, Json(s).into_response())
+            })
+        }
         Ok(github::Translated::Review(review)) => {
             r.engine.submit_review(&id, review).await.map(|duplicate| {
                 let body = json!({ "delivery": id, "duplicate": duplicate, "review": true });
@@ -136,6 +182,23 @@ async fn slack_interaction(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let mut subject = Subject {
+        action: "slack click".into(),
+        ..Subject::default()
+    };
+    let mut via = "slack (unverified)".to_string();
+    let response = slack_answer(&r, &headers, &body, &mut subject, &mut via).await;
+    r.record(Receiver::entry(subject, via, &response)).await;
+    response
+}
+
+async fn slack_answer(
+    r: &Receiver,
+    headers: &HeaderMap,
+    body: &Bytes,
+    subject: &mut Subject,
+    via: &mut String,
+) -> Response {
     let Some(secret) = &r.config.slack.signing_secret else {
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -143,22 +206,26 @@ async fn slack_interaction(
         );
     };
     let now = (gantry_store::now_ms() / 1000) as i64;
-    let signature_header = header(&headers, "x-slack-signature");
+    let signature_header = header(headers, "x-slack-signature");
     let timestamp = match signature::verify_slack(
         secret.as_bytes(),
-        header(&headers, "x-slack-request-timestamp"),
+        header(headers, "x-slack-request-timestamp"),
         signature_header,
-        &body,
+        body,
         now,
     ) {
         Ok(timestamp) => timestamp,
         Err(e) => return refuse(StatusCode::UNAUTHORIZED, e.0),
     };
-    let click = match slack::parse(&body) {
+    let click = match slack::parse(body) {
         Ok(Some(click)) => click,
         Ok(None) => return answer(StatusCode::OK, json!({ "ignored": "not a Gantry button" })),
         Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
     };
+    *via = format!("slack {}", click.user);
+    subject.action = if click.approve { "approve" } else { "reject" }.into();
+    subject.run = Some(click.run.clone());
+    subject.environment = Some(click.environment.clone());
     // A signed request is unique to its timestamp and body: the same one
     // again, inside the window, is a replay.
     // Lower case: hex is read either way, so `V0=AB…` is the same request.
@@ -184,6 +251,7 @@ async fn slack_interaction(
         Err(e) => return refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
     let Some(user) = r.config.slack.users.get(&click.user).cloned() else {
+        subject.who = Some(format!("unmapped Slack user {}", click.user));
         let message = format!(
             "Slack user {} is not mapped to an approver (slack.users)",
             click.user
@@ -191,6 +259,7 @@ async fn slack_interaction(
         r.tell(&click, &message, false);
         return refuse(StatusCode::FORBIDDEN, message);
     };
+    subject.who = Some(user.clone());
     let reason = if click.approve {
         "approved in Slack"
     } else {
@@ -251,6 +320,31 @@ const SEEN_PARTITION: &str = "slack-request";
 const SEEN_FOR_SECS: i64 = 2 * signature::SLACK_WINDOW_SECS;
 
 impl Receiver {
+    /// Appends `entry` to the audit log (a failure to is logged; the
+    /// answer stands).
+    async fn record(&self, entry: Entry) {
+        if let Err(e) = self.audit.append(entry).await {
+            tracing::error!(error = %e, "cannot write a webhook's audit record");
+        }
+    }
+
+    /// The audit record of `response` about `subject` (a `Response` is not
+    /// `Sync`, so no future may hold one by reference).
+    fn entry(subject: Subject, via: String, response: &Response) -> Entry {
+        let why = response
+            .extensions()
+            .get::<RefusedWith>()
+            .map_or("", |r| r.0.as_str());
+        Entry {
+            who: subject.who.unwrap_or_else(|| "anonymous".into()),
+            via,
+            action: subject.action,
+            run: subject.run,
+            environment: subject.environment,
+            outcome: Entry::outcome_of(response.status().as_u16(), why),
+        }
+    }
+
     /// Updates the clicked message through Slack's `response_url`, after
     /// the answer: `replace` rewrites the message for everyone; otherwise
     /// only the clicker sees `text`.

@@ -36,7 +36,8 @@ impl Receiver {
                 users: [("U1".to_string(), "bob".to_string())].into(),
             },
         };
-        let addr = gantry_tests::serve(gantry_receiver::routes(engine, config)).await;
+        let audit = gantry_auth::AuditLog::new(backend.clone(), gantry_store::system_clock());
+        let addr = gantry_tests::serve(gantry_receiver::routes(engine, config, audit)).await;
         let url = format!("http://{addr}");
         Receiver {
             url,

@@ -63,6 +63,27 @@ impl Default for Options {
     }
 }
 
+/// Sets `path`'s permission bits to `mode`, whatever the umask made them:
+/// the store holds tokens' hashes, approval tokens and the audit log.
+fn private(path: &Path, mode: u32) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::unavailable(format!("cannot make {} private: {e}", path.display())))
+}
+
+/// Creates the empty file `path` readable by its owner only.
+fn private_file(path: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map(drop)
+        .map_err(|e| Error::unavailable(format!("cannot create {}: {e}", path.display())))
+}
+
 /// The schema version this code writes (`PRAGMA user_version`).
 const SCHEMA_VERSION: i64 = 2;
 
@@ -143,10 +164,12 @@ impl SqliteBackend {
         std::fs::create_dir_all(data_dir).map_err(|e| {
             Error::unavailable(format!("cannot create {}: {e}", data_dir.display()))
         })?;
+        private(data_dir, 0o700)?;
         let lock_path = data_dir.join("gantry.lock");
         let lock = File::create(&lock_path).map_err(|e| {
             Error::unavailable(format!("cannot create {}: {e}", lock_path.display()))
         })?;
+        private(&lock_path, 0o600)?;
         lock.try_lock().map_err(|_| {
             Error::unavailable(format!(
                 "{} is in use by another gantry process",
@@ -154,6 +177,16 @@ impl SqliteBackend {
             ))
         })?;
         let path = data_dir.join("gantry.db");
+        // Created private before SQLite opens it: SQLite gives the WAL it
+        // creates the database file's mode (an older WAL is made private).
+        if !path.exists() {
+            private_file(&path)?;
+        }
+        private(&path, 0o600)?;
+        let wal = WalSync::path_of(&path);
+        if wal.exists() {
+            private(&wal, 0o600)?;
+        }
         let conn = Connection::open(&path).map_err(db_error)?;
         // The data dir lock already keeps other processes out: holding the
         // file lock for the connection's life saves a lock and unlock per

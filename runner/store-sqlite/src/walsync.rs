@@ -43,12 +43,17 @@ struct Synced {
 }
 
 impl WalSync {
-    /// For the database at `db`: its WAL is `{db}-wal`.
-    pub(crate) fn new(db: &std::path::Path) -> Self {
+    /// The WAL of the database at `db`: `{db}-wal`.
+    pub(crate) fn path_of(db: &std::path::Path) -> PathBuf {
         let mut path = db.as_os_str().to_owned();
         path.push("-wal");
+        PathBuf::from(path)
+    }
+
+    /// For the database at `db`.
+    pub(crate) fn new(db: &std::path::Path) -> Self {
         WalSync {
-            path: PathBuf::from(path),
+            path: Self::path_of(db),
             tickets: AtomicU64::new(0),
             state: Mutex::new(Synced {
                 file: None,

@@ -16,6 +16,8 @@ use serde_json::{Value, json};
 
 pub const GOOD: &str = "3f2a9c1d5e7b8a90c1d2e3f405162738495a6b7c";
 pub const BAD: &str = "9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d";
+/// The admin token every harness server starts with.
+pub const ADMIN_TOKEN: &str = "harness-admin-token-0123456789abcdef";
 
 /// A running `gantry serve`.
 pub struct Server {
@@ -58,6 +60,8 @@ pub struct Harness {
     pub max_receives: u32,
     /// Restarts after the server died (crash tests).
     pub restarts: u32,
+    /// Approver tokens issued so far, by user.
+    tokens: Mutex<BTreeMap<String, String>>,
     /// More arguments for `gantry serve`.
     pub args: Vec<String>,
 }
@@ -96,6 +100,7 @@ impl Harness {
             max_receives: 20,
             restarts: 0,
             args: vec![],
+            tokens: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -116,6 +121,7 @@ impl Harness {
             .arg(self.max_receives.to_string())
             .args(&self.args)
             .env("RUST_LOG", "info")
+            .env("GANTRY_ADMIN_TOKEN", ADMIN_TOKEN)
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         for (k, v) in env {
@@ -159,17 +165,54 @@ impl Harness {
         self.server.as_mut().expect("server started")
     }
 
-    /// Calls the API: `Err` when the server cannot be reached.
+    /// An approver token for `user` (for every environment), issued with
+    /// the admin token at first use.
+    pub async fn token_for(&self, user: &str) -> Result<String, reqwest::Error> {
+        if let Some(token) = self.tokens.lock().expect("tokens").get(user) {
+            return Ok(token.clone());
+        }
+        let base = &self.server.as_ref().expect("server started").base;
+        let bytes = self
+            .http
+            .post(format!("{base}/api/tokens"))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("content-type", "application/json")
+            .body(json!({ "user": user, "role": "approver" }).to_string())
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await?
+            .bytes()
+            .await?;
+        let issued: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let token = issued["token"].as_str().expect("a token").to_string();
+        self.tokens
+            .lock()
+            .expect("tokens")
+            .insert(user.to_string(), token.clone());
+        Ok(token)
+    }
+
+    /// Calls the API with the admin token; a decision goes with the token
+    /// of the user its body names. `Err` when the server cannot be reached.
     pub async fn try_api(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<Value>,
     ) -> Result<(u16, Value), reqwest::Error> {
+        let decider = body
+            .as_ref()
+            .filter(|_| path.ends_with("/decisions"))
+            .and_then(|b| b["user"].as_str());
+        let token = match decider {
+            Some(user) => self.token_for(user).await?,
+            None => ADMIN_TOKEN.to_string(),
+        };
         let base = &self.server.as_ref().expect("server started").base;
         let mut req = self
             .http
             .request(method, format!("{base}{path}"))
+            .bearer_auth(token)
             .timeout(Duration::from_secs(10));
         if let Some(body) = body {
             req = req
@@ -265,6 +308,7 @@ impl Harness {
         let response = self
             .http
             .get(format!("{base}{path}"))
+            .bearer_auth(ADMIN_TOKEN)
             .send()
             .await
             .expect("server reachable");

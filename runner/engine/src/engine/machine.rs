@@ -217,6 +217,7 @@ impl Engine {
             config: &env.config,
             idempotency_key: key,
             rollback,
+            secrets: self.secrets(env).all(),
         };
         let outcome = self
             .effect(cx, key, self.deployer.deploy(target, &request))

@@ -3,7 +3,7 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `POST /api/events` | `{"delivery"?, "event": {...}}`: dedupe, enqueue durably, 202 |
+//! | `POST /api/events` | `{"delivery"?, "event": {...}}`: dedupe (as `api-{delivery}`), enqueue durably, 202 |
 //! | `GET /api/runs?limit=&after=` | `{"runs": [...], "next"}`: a page of runs, newest first |
 //! | `GET /api/runs/{id}` | one run, with stages, steps and timings |
 //! | `POST /api/runs/{id}/decisions` | `{"environment","approve","reason","user"?,"token"?}`: the caller's decision |
@@ -24,6 +24,7 @@
 //! ([`guard`]); `/metrics` is open with `public_metrics`.
 
 mod guard;
+pub mod server;
 
 use std::sync::Arc;
 
@@ -173,14 +174,18 @@ async fn submit(
     let body: SubmitBody = serde_json::from_slice(&body)
         .map_err(|e| AppError(StatusCode::BAD_REQUEST, format!("body: {e}")))?;
     // Without a delivery id, the event's own content is its identity: the
-    // same event submitted twice is one run.
-    let delivery = body.delivery.unwrap_or_else(|| {
-        let canonical = serde_json::to_vec(&body.event).unwrap_or_default();
-        format!(
-            "event-{}",
-            &hex::encode(sha2::Sha256::digest(&canonical))[..16]
-        )
-    });
+    // same event submitted twice is one run. API deliveries have their own
+    // namespace: no caller can take, or collide with, a webhook's.
+    let delivery = match body.delivery {
+        Some(delivery) => format!("api-{delivery}"),
+        None => {
+            let canonical = serde_json::to_vec(&body.event).unwrap_or_default();
+            format!(
+                "api-event-{}",
+                &hex::encode(sha2::Sha256::digest(&canonical))[..16]
+            )
+        }
+    };
     let submitted = engine.submit(&delivery, body.event).await?;
     let status = if submitted.duplicate {
         StatusCode::OK

@@ -345,6 +345,21 @@ impl AuditLog {
         }
     }
 
+    /// Queues `entry` to be appended with the next group, without waiting
+    /// for the write (which goes on in the background; a failure is
+    /// logged). For records of events that are durable on their own, such
+    /// as an accepted webhook, whose run names its delivery: a process
+    /// that dies within the write's few milliseconds loses the record, not
+    /// the event.
+    pub fn record(&self, entry: Entry) {
+        let log = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = log.append(entry).await {
+                tracing::error!(error = %e, "cannot write an audit record");
+            }
+        });
+    }
+
     /// Appends `entry` as the next record, durably, and returns it. Appends
     /// waiting meanwhile are written with it; the write goes on even if
     /// the caller stops waiting.

@@ -299,7 +299,7 @@ pub async fn runs(server: ServerArgs, command: RunsCommand) -> anyhow::Result<Ex
             if server.json {
                 print_json(&run);
             } else {
-                print!("{}", timeline(&run));
+                print!("{}", crate::terminal_safe(&timeline(&run)));
             }
         }
     }

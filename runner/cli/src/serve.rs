@@ -49,6 +49,10 @@ pub struct CommonArgs {
     /// loses nothing either way).
     #[arg(long)]
     no_fsync: bool,
+    /// Seconds a client has to send its request headers, and then again
+    /// its whole body; a stalled connection is closed after it.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    read_timeout: u64,
     /// A TOML file with the webhook secrets and Slack user mapping (see
     /// README, "Connecting GitHub and Slack"); the env vars
     /// GANTRY_GITHUB_WEBHOOK_SECRET and GANTRY_SLACK_SIGNING_SECRET override it.
@@ -434,23 +438,17 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let api = gantry_api::app(engine.clone(), access);
     let webhooks = gantry_receiver::routes(engine, receiver, audit);
     match args.webhook_listen {
-        None => {
-            axum::serve(listener, api.merge(webhooks))
-                .with_graceful_shutdown(shutdown_signal())
-                .await
-                .context("the API server failed")?;
-        }
+        None => serve_http(listener, api.merge(webhooks), &args.common).await,
         Some(addr) => {
             let hooks = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("--webhook-listen {addr}"))?;
             eprintln!("webhooks on http://{}", hooks.local_addr()?);
             let webhooks = webhooks.route("/healthz", axum::routing::get(|| async { "ok" }));
-            let api = axum::serve(listener, api).with_graceful_shutdown(shutdown_signal());
-            let hooks = axum::serve(hooks, webhooks).with_graceful_shutdown(shutdown_signal());
-            let (api, hooks) = tokio::join!(api, hooks);
-            api.context("the API server failed")?;
-            hooks.context("the webhook server failed")?;
+            tokio::join!(
+                serve_http(listener, api, &args.common),
+                serve_http(hooks, webhooks, &args.common)
+            );
         }
     }
     let _ = stop_tx.send(true);
@@ -475,12 +473,19 @@ pub async fn receiver(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
     let audit = gantry_auth::AuditLog::new(engine.backend().clone(), gantry_store::system_clock());
     let app = gantry_receiver::routes(engine, receiver, audit)
         .route("/healthz", axum::routing::get(|| async { "ok" }));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("the receiver failed")?;
+    serve_http(listener, app, &args.common).await;
     eprintln!("gantry receiver stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Serves `router` on `listener` until SIGINT or SIGTERM, under the read
+/// deadline of `args`.
+async fn serve_http(listener: tokio::net::TcpListener, router: axum::Router, args: &CommonArgs) {
+    let limits = gantry_api::server::Limits {
+        read_timeout: Duration::from_secs(args.read_timeout),
+        max_body: gantry_receiver::MAX_BODY,
+    };
+    gantry_api::server::serve(listener, router, limits, shutdown_signal()).await;
 }
 
 async fn shutdown_signal() {

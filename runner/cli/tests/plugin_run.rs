@@ -238,6 +238,55 @@ fn bad_input_names_the_flag_file_or_field() {
 }
 
 #[test]
+fn files_that_are_not_components_are_refused_quickly_without_their_bytes() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let work = tempfile::tempdir().expect("tempdir");
+    let text = work.path().join("secrets.env");
+    std::fs::write(
+        &text,
+        "DB_PASSWORD=hunter2-do-not-print
+",
+    )
+    .expect("write");
+    let huge_manifest = work.path().join("huge.toml");
+    std::fs::write(&huge_manifest, "#".repeat(100_000)).expect("write");
+    let wasm = plugin("http-health");
+    let cases = [
+        (vec!["plugin", "run", "/dev/zero"], "larger than 128 MiB"),
+        (
+            vec!["plugin", "run", text.to_str().expect("utf-8 path")],
+            "is not a WebAssembly component",
+        ),
+        (
+            vec![
+                "plugin",
+                "run",
+                wasm.to_str().expect("utf-8 path"),
+                "--manifest",
+                huge_manifest.to_str().expect("utf-8 path"),
+            ],
+            "larger than 65536 bytes",
+        ),
+    ];
+    for (args, expected) in cases {
+        let started = std::time::Instant::now();
+        let run = gantry(cache.path(), &args);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_ne!(run.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("hunter2"),
+            "{args:?} printed the file: {stderr}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{args:?} took {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[test]
 fn inspect_shows_world_imports_exports_and_grants() {
     let cache = tempfile::tempdir().expect("tempdir");
     let work = tempfile::tempdir().expect("tempdir");

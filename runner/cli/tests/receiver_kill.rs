@@ -17,9 +17,9 @@ const SECRET: &str = "kill-test-secret";
 /// What the senders saw.
 #[derive(Default)]
 struct Seen {
-    /// Deliveries answered 2xx.
+    /// Pushes (by commit) answered 2xx.
     accepted: BTreeSet<String>,
-    /// Deliveries sent whose answer never came (the kill cut them off).
+    /// Pushes sent whose answer never came (the kill cut them off).
     unanswered: BTreeSet<String>,
     /// Any other answer.
     refused: Vec<u16>,
@@ -40,10 +40,13 @@ async fn a_kill_while_webhooks_arrive_loses_no_accepted_event() {
             let http = reqwest::Client::new();
             for n in 0..100_000u32 {
                 let delivery = format!("kill-{sender}-{n}");
+                // Never all zeros: that is a deleted branch. Each push is
+                // its own (the receiver dedupes by content), and its run is
+                // found by this commit.
+                let sha = format!("a{sender:07x}{n:032x}");
                 let body = serde_json::to_vec(&json!({
                     "ref": "refs/heads/feature/x",
-                    // Never all zeros: that is a deleted branch.
-                    "after": format!("a{sender:07x}{n:032x}"),
+                    "after": sha,
                     "repository": {"full_name": "acme/web"},
                     "sender": {"login": "alice"}
                 }))
@@ -61,11 +64,11 @@ async fn a_kill_while_webhooks_arrive_loses_no_accepted_event() {
                 let mut seen = seen.lock().expect("seen");
                 match answer {
                     Ok(resp) if resp.status().is_success() => {
-                        seen.accepted.insert(delivery);
+                        seen.accepted.insert(sha);
                     }
                     Ok(resp) => seen.refused.push(resp.status().as_u16()),
                     Err(_) => {
-                        seen.unanswered.insert(delivery);
+                        seen.unanswered.insert(sha);
                         return;
                     }
                 }
@@ -92,8 +95,8 @@ async fn a_kill_while_webhooks_arrive_loses_no_accepted_event() {
             .all_runs()
             .await
             .iter()
-            .filter_map(|r| r["delivery"].as_str())
-            .map(|d| d.trim_start_matches("github-1-").to_string())
+            .filter_map(|r| r["event"]["sha"].as_str())
+            .map(str::to_string)
             .collect();
         let (_, dead) = h.api(reqwest::Method::GET, "/api/dlq", None).await;
         let dead = dead["dead_letters"].as_array().map_or(0, Vec::len);

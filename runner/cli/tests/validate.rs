@@ -178,3 +178,66 @@ fn every_broken_file_gets_its_own_precise_message() {
         "messages are not distinct: {messages:#?}"
     );
 }
+
+/// Runs `gantry validate FILE`: (exit code, stderr, how long it took).
+fn validate(file: &std::path::Path) -> (Option<i32>, String, std::time::Duration) {
+    let start = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .arg("validate")
+        .arg(file)
+        .output()
+        .expect("run gantry");
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    (out.status.code(), stderr, start.elapsed())
+}
+
+#[test]
+fn deep_and_huge_files_are_refused_before_parsing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let deep_flow = format!(
+        "pipeline: {}x{}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let deep_block: String = (0..400)
+        .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
+        .collect();
+    let deep_dashes = format!("pipeline:\n  {}x\n", "- ".repeat(100_000));
+    let cases = [
+        ("flow", deep_flow, "1:74: nested more than 64 levels deep"),
+        (
+            "block",
+            deep_block,
+            "65:65: nested more than 64 levels deep",
+        ),
+        ("dashes", deep_dashes, "2:3: nested"),
+        (
+            "huge",
+            format!("pipeline: web\n{}", "#".repeat(2 << 20)),
+            "1:1: the file is larger than 1048576 bytes",
+        ),
+    ];
+    for (what, text, expected) in cases {
+        let file = dir.path().join(format!("{what}.yaml"));
+        std::fs::write(&file, &text).expect("write");
+        let (code, stderr, took) = validate(&file);
+        assert_eq!(code, Some(1), "{what}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("{}:{expected}", file.display())),
+            "{what}: {stderr}"
+        );
+        // A parser would take seconds to minutes on these (quadratic in
+        // the depth); the check on the raw text takes milliseconds.
+        assert!(
+            took < std::time::Duration::from_secs(2),
+            "{what} took {took:?}"
+        );
+    }
+    // Not UTF-8: refused naming the byte, never printing it.
+    let binary = dir.path().join("binary.yaml");
+    std::fs::write(&binary, b"pipeline: \xff\x1b[31mred").expect("write");
+    let (code, stderr, _) = validate(&binary);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("not UTF-8 text (byte 10)"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "{stderr}");
+}

@@ -35,6 +35,13 @@ pub struct DeployRequest<'a> {
     pub secrets: Vec<(String, String)>,
 }
 
+impl DeployRequest<'_> {
+    /// Masks the declared secrets' values in what the deploy answers.
+    pub fn masker(&self) -> gantry_plugin_api::Masker {
+        gantry_plugin_api::Masker::new(self.secrets.iter().map(|(_, value)| value.as_str()))
+    }
+}
+
 /// Carries out deploy steps. The engine calls it with the step's target and
 /// the request; tests stand in for the apps being deployed.
 #[async_trait]
@@ -81,7 +88,9 @@ async fn post(
         .await
         .map_err(|e| format!("POST {url}: {e}"))?;
     let status = response.status();
-    let body = response.text().await.unwrap_or_default();
+    let body = request
+        .masker()
+        .mask_string(response.text().await.unwrap_or_default());
     let body = body.chars().take(300).collect::<String>();
     if status.is_success() {
         Ok(format!("POST {url}: {status}"))
@@ -140,8 +149,9 @@ async fn command(
         .await
         .map_err(|_| format!("`{program}` timed out after {limit:?}"))?
         .map_err(|e| format!("cannot run `{program}`: {e}"))?;
+    let masker = request.masker();
     let tail = |bytes: &[u8]| {
-        let text = String::from_utf8_lossy(bytes);
+        let text = masker.mask_string(String::from_utf8_lossy(bytes).into_owned());
         let text = text.trim();
         let start = text.len().saturating_sub(300);
         text.get(start..).unwrap_or(text).to_string()

@@ -1,14 +1,23 @@
-//! `gantry-loadgen`: signed GitHub pushes to a receiver at a fixed arrival
-//! rate (an open loop). Request `i` is due at `start + i / rate` whatever
-//! happened to the ones before it, and its latency is measured from that
-//! time, so a server that stalls shows the stall in every request that
-//! waited behind it instead of quietly sending fewer (coordinated
-//! omission). Prints the rate actually reached and the latency
-//! percentiles, as text and as one JSON line.
+//! `gantry-loadgen`: signed GitHub pushes to a receiver, each push its own
+//! (its `before` is the request's number, so the receiver's content dedupe
+//! sees a new push every time).
+//!
+//! - **Open loop** (`--rate`): request `i` is due at `start + i / rate`
+//!   whatever happened to the ones before it, and its latency is measured
+//!   from that time, so a server that stalls shows the stall in every
+//!   request that waited behind it instead of quietly sending fewer
+//!   (coordinated omission).
+//! - **Closed loop** (`--connections`): that many senders, each sending its
+//!   next request when the last is answered, as fast as the server goes;
+//!   with `--get`, plain GETs of the URL (the no-op baseline).
+//!
+//! Prints the rate reached and the latency percentiles, as text and as one
+//! JSON line.
 //!
 //! ```sh
 //! gantry-loadgen --url http://127.0.0.1:8421/webhooks/github \
 //!   --body push.json --secret S --rate 5000 --seconds 10
+//! gantry-loadgen --url http://127.0.0.1:8421/healthz --get --connections 64
 //! ```
 
 use std::path::PathBuf;
@@ -18,6 +27,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use hmac::{Hmac, Mac};
+use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -29,14 +39,24 @@ struct Args {
     #[arg(long)]
     url: String,
     /// The JSON body to send (a push payload).
-    #[arg(long)]
-    body: PathBuf,
+    #[arg(long, required_unless_present = "get")]
+    body: Option<PathBuf>,
     /// The webhook secret the receiver checks signatures with.
+    #[arg(long, required_unless_present = "get")]
+    secret: Option<String>,
+    /// Plain GETs of the URL instead of pushes.
     #[arg(long)]
-    secret: String,
-    /// Requests per second.
+    get: bool,
+    /// Requests per second (open loop).
+    #[arg(
+        long,
+        required_unless_present = "connections",
+        conflicts_with = "connections"
+    )]
+    rate: Option<u32>,
+    /// Senders, each waiting for its answer before the next (closed loop).
     #[arg(long)]
-    rate: u32,
+    connections: Option<usize>,
     /// How long to send.
     #[arg(long, default_value_t = 10)]
     seconds: u32,
@@ -49,8 +69,8 @@ struct Args {
     label: String,
 }
 
-/// One request: how long after its scheduled time it was answered, and
-/// whether the answer was a 2xx.
+/// One request: how long after its scheduled time (open loop) or its
+/// sending (closed loop) it was answered, and whether the answer was a 2xx.
 struct Sample {
     latency: Duration,
     ok: bool,
@@ -66,6 +86,81 @@ fn signature(secret: &str, body: &[u8]) -> anyhow::Result<String> {
     ))
 }
 
+/// What is sent, and where.
+struct Target {
+    client: reqwest::Client,
+    url: String,
+    /// The push and the secret to sign it with; `None` for plain GETs.
+    push: Option<Push>,
+}
+
+/// A push body whose `before` is rewritten in place for each request, so
+/// no request pays for serialising 8 KB of JSON.
+struct Push {
+    body: Vec<u8>,
+    /// Where the 40 hex digits of `before` are in `body`.
+    before_at: usize,
+    secret: String,
+}
+
+/// `before` while the template is serialised: found again by its bytes.
+const PLACEHOLDER: &str = "0000000000000000000000000000000000000000";
+
+impl Push {
+    fn new(mut template: Value, secret: String) -> anyhow::Result<Push> {
+        template["before"] = Value::String(PLACEHOLDER.into());
+        let body = serde_json::to_vec(&template)?;
+        let needle = format!("\"before\":\"{PLACEHOLDER}\"");
+        let at = body
+            .windows(needle.len())
+            .position(|w| w == needle.as_bytes())
+            .context("cannot find `before` in the serialised body")?;
+        Ok(Push {
+            before_at: at + needle.len() - PLACEHOLDER.len() - 1,
+            body,
+            secret,
+        })
+    }
+
+    /// The body of push `i` and its signature.
+    fn nth(&self, i: u64) -> anyhow::Result<(Vec<u8>, String)> {
+        let mut body = self.body.clone();
+        let before = format!("{:08x}{i:032x}", std::process::id());
+        body[self.before_at..self.before_at + PLACEHOLDER.len()].copy_from_slice(before.as_bytes());
+        let signature = signature(&self.secret, &body)?;
+        Ok((body, signature))
+    }
+}
+
+impl Target {
+    /// Sends request `i`; whether it was answered 2xx.
+    async fn send(&self, i: u64) -> bool {
+        let request = match &self.push {
+            None => self.client.get(&self.url),
+            Some(push) => {
+                let Ok((body, signature)) = push.nth(i) else {
+                    return false;
+                };
+                self.client
+                    .post(&self.url)
+                    .header("content-type", "application/json")
+                    .header("x-github-event", "push")
+                    .header("x-github-hook-id", "1")
+                    .header(
+                        "x-github-delivery",
+                        format!("load-{i}-{}", std::process::id()),
+                    )
+                    .header("x-hub-signature-256", signature)
+                    .body(body)
+            }
+        };
+        match request.send().await {
+            Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+            Err(_) => false,
+        }
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -77,58 +172,28 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    anyhow::ensure!(
-        args.rate > 0 && args.seconds > 0,
-        "--rate and --seconds must be positive"
-    );
-    let body =
-        std::fs::read(&args.body).with_context(|| format!("--body {}", args.body.display()))?;
-    let signature = signature(&args.secret, &body)?;
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.in_flight)
-        .timeout(Duration::from_secs(30))
-        .build()?;
-    let body = Arc::new(body);
-    let total = u64::from(args.rate) * u64::from(args.seconds);
-    let period = Duration::from_secs_f64(1.0 / f64::from(args.rate));
-    let slots = Arc::new(Semaphore::new(args.in_flight));
+/// Request `i` due at `start + i / rate`, `rate × seconds` of them, at most
+/// `in_flight` at once.
+async fn open_loop(
+    target: Arc<Target>,
+    rate: u32,
+    seconds: u32,
+    in_flight: usize,
+) -> (Vec<Sample>, Duration) {
+    let total = u64::from(rate) * u64::from(seconds);
+    let period = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let slots = Arc::new(Semaphore::new(in_flight));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Sample>();
     let start = Instant::now() + Duration::from_millis(100);
     for i in 0..total {
         let due = start + period.mul_f64(i as f64);
         tokio::time::sleep_until(due).await;
-        let (client, body, signature, url, slots, tx) = (
-            client.clone(),
-            body.clone(),
-            signature.clone(),
-            args.url.clone(),
-            slots.clone(),
-            tx.clone(),
-        );
+        let (target, slots, tx) = (target.clone(), slots.clone(), tx.clone());
         tokio::spawn(async move {
             let Ok(_slot) = slots.acquire_owned().await else {
                 return;
             };
-            let answer = client
-                .post(url)
-                .header("content-type", "application/json")
-                .header("x-github-event", "push")
-                .header("x-github-hook-id", "1")
-                .header(
-                    "x-github-delivery",
-                    format!("load-{i}-{}", std::process::id()),
-                )
-                .header("x-hub-signature-256", signature)
-                .body(body.as_ref().clone())
-                .send()
-                .await;
-            let ok = matches!(&answer, Ok(r) if r.status().is_success());
-            if let Ok(r) = answer {
-                let _ = r.bytes().await;
-            }
+            let ok = target.send(i).await;
             let _ = tx.send(Sample {
                 latency: due.elapsed(),
                 ok,
@@ -136,18 +201,92 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     drop(tx);
-    let mut latencies = Vec::with_capacity(total as usize);
-    let mut failed = 0u64;
+    let mut samples = Vec::with_capacity(total as usize);
     while let Some(sample) = rx.recv().await {
-        if !sample.ok {
-            failed += 1;
-        }
-        latencies.push(sample.latency);
+        samples.push(sample);
     }
-    let elapsed = start.elapsed();
+    (samples, start.elapsed())
+}
+
+/// `connections` senders for `seconds`, each sending its next request
+/// when the last is answered.
+async fn closed_loop(
+    target: Arc<Target>,
+    connections: usize,
+    seconds: u32,
+) -> (Vec<Sample>, Duration) {
+    let start = Instant::now();
+    let end = start + Duration::from_secs(u64::from(seconds));
+    let senders: Vec<_> = (0..connections as u64)
+        .map(|sender| {
+            let target = target.clone();
+            tokio::spawn(async move {
+                let mut samples = Vec::new();
+                let mut i = sender << 32;
+                while Instant::now() < end {
+                    let sent = Instant::now();
+                    let ok = target.send(i).await;
+                    samples.push(Sample {
+                        latency: sent.elapsed(),
+                        ok,
+                    });
+                    i += 1;
+                }
+                samples
+            })
+        })
+        .collect();
+    let mut samples = Vec::new();
+    for sender in senders {
+        samples.extend(sender.await.unwrap_or_default());
+    }
+    (samples, start.elapsed())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(args.seconds > 0, "--seconds must be positive");
+    let push = match (&args.body, &args.secret, args.get) {
+        (Some(path), Some(secret), false) => {
+            let text = std::fs::read(path).with_context(|| format!("--body {}", path.display()))?;
+            let push: Value = serde_json::from_slice(&text)
+                .with_context(|| format!("--body {}: not JSON", path.display()))?;
+            Some(Push::new(push, secret.clone())?)
+        }
+        _ => None,
+    };
+    let in_flight = args.connections.unwrap_or(args.in_flight).max(1);
+    let target = Arc::new(Target {
+        client: reqwest::Client::builder()
+            .pool_max_idle_per_host(in_flight)
+            .timeout(Duration::from_secs(30))
+            .build()?,
+        url: args.url.clone(),
+        push,
+    });
+    let (samples, elapsed, asked) = match (args.rate, args.connections) {
+        (Some(rate), _) => {
+            anyhow::ensure!(rate > 0, "--rate must be positive");
+            let (samples, elapsed) = open_loop(target, rate, args.seconds, in_flight).await;
+            (samples, elapsed, format!("asked {rate}/s"))
+        }
+        (None, Some(connections)) => {
+            let (samples, elapsed) = closed_loop(target, connections.max(1), args.seconds).await;
+            (samples, elapsed, format!("{connections} connections"))
+        }
+        (None, None) => anyhow::bail!("give --rate or --connections"),
+    };
+    report(&args, &samples, elapsed, &asked);
+    Ok(())
+}
+
+/// Prints the rate reached and the percentiles, as text and as JSON.
+fn report(args: &Args, samples: &[Sample], elapsed: Duration, asked: &str) {
+    let failed = samples.iter().filter(|s| !s.ok).count();
+    let mut latencies: Vec<Duration> = samples.iter().map(|s| s.latency).collect();
     latencies.sort();
-    let done = latencies.len() as f64;
-    let reached = done / elapsed.as_secs_f64();
+    let reached = latencies.len() as f64 / elapsed.as_secs_f64();
     let (p50, p99, p999, max) = (
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
@@ -155,9 +294,8 @@ async fn main() -> anyhow::Result<()> {
         latencies.last().copied().unwrap_or_default(),
     );
     println!(
-        "{}: asked {}/s for {} s, reached {reached:.0}/s; latency from the scheduled time: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms; {} samples, {failed} failed",
+        "{}: {asked} for {} s, reached {reached:.0}/s; latency: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms; {} samples, {failed} failed",
         args.label,
-        args.rate,
         args.seconds,
         ms(p50),
         ms(p99),
@@ -168,9 +306,9 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "{}",
         serde_json::json!({
-            "label": args.label, "rate": args.rate, "reached": reached, "samples": latencies.len(),
-            "failed": failed, "p50_ms": ms(p50), "p99_ms": ms(p99), "p999_ms": ms(p999), "max_ms": ms(max),
+            "label": args.label, "rate": args.rate, "connections": args.connections,
+            "reached": reached, "samples": latencies.len(), "failed": failed,
+            "p50_ms": ms(p50), "p99_ms": ms(p99), "p999_ms": ms(p999), "max_ms": ms(max),
         })
     );
-    Ok(())
 }

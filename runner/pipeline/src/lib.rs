@@ -5,6 +5,7 @@
 mod load;
 mod locate;
 mod model;
+mod shape;
 
 pub use load::{Error, Problem, limits, load, parse};
 pub use model::*;

@@ -8,11 +8,11 @@ use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use sha2::Digest;
 use std::time::Duration;
 
 use crate::locate::Locations;
 use crate::model::*;
+use crate::shape::too_deep;
 
 /// A pipeline file that cannot be used, with every problem found.
 #[derive(Debug, thiserror::Error)]
@@ -55,13 +55,13 @@ pub struct Problem {
 /// Reads and checks a pipeline file. Plugin component paths are resolved
 /// against the file's directory.
 pub fn load(path: &Path) -> Result<Pipeline, Error> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error {
+    let text = read(path).map_err(|message| Error {
         file: path.to_path_buf(),
         problems: vec![Problem {
             line: 1,
             column: 1,
             field: String::new(),
-            message: format!("cannot read the file: {e}"),
+            message,
         }],
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
@@ -71,8 +71,38 @@ pub fn load(path: &Path) -> Result<Pipeline, Error> {
     })
 }
 
+/// The file's text, at most [`limits::FILE_BYTES`] of it.
+fn read(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read the file: {e}"))?;
+    let mut bytes = Vec::new();
+    file.take(limits::FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read the file: {e}"))?;
+    if bytes.len() as u64 > limits::FILE_BYTES {
+        return Err(format!(
+            "the file is larger than {} bytes; a pipeline is a few KB",
+            limits::FILE_BYTES
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "the file is not UTF-8 text (byte {})",
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
 /// Parses and checks pipeline text; `base` resolves relative component paths.
 pub fn parse(text: &str, base: &Path) -> Result<Pipeline, Vec<Problem>> {
+    if let Some((line, column)) = too_deep(text) {
+        return Err(vec![Problem {
+            line,
+            column,
+            field: String::new(),
+            message: format!("nested more than {} levels deep", limits::DEPTH),
+        }]);
+    }
     let file: File = serde_yaml_ng::from_str(text).map_err(|e| vec![serde_problem(&e)])?;
     let mut check = Check {
         at: Locations::index(text),
@@ -136,6 +166,8 @@ struct FilePlugin {
 /// for keys and URLs.
 pub mod limits {
     use std::time::Duration;
+
+    pub use crate::shape::{DEPTH, FILE_BYTES};
 
     /// Most environments in a pipeline.
     pub const ENVIRONMENTS: usize = 16;
@@ -284,11 +316,11 @@ impl Check {
             let field = format!("plugins.{name}");
             self.name(&field, &name);
             let component = base.join(&decl.component);
-            let digest = match std::fs::read(&component) {
-                Ok(bytes) => hex::encode(sha2::Sha256::digest(&bytes)),
+            let digest = match gantry_plugin_api::component_digest(&component) {
+                Ok(digest) => digest,
                 Err(e) => {
-                    let why = if component.is_file() {
-                        format!("cannot read {}: {e}", component.display())
+                    let why = if component.exists() {
+                        e
                     } else {
                         format!("no file at {}", component.display())
                     };

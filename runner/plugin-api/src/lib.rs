@@ -9,11 +9,15 @@
 //! - [`PluginRunner`]: how the engine calls plugins. `gantry-plugin-host`
 //!   implements it on wasmtime; tests implement it with fakes.
 
+pub mod component;
 pub mod manifest;
+pub mod mask;
 mod runner;
 pub mod types;
 
+pub use component::{component_digest, read_component};
 pub use manifest::{Manifest, ManifestError, Origin};
+pub use mask::Masker;
 pub use runner::{PluginFailure, PluginRef, PluginRunner, SecretSource};
 pub use types::{
     Artifact, Decision, Direction, Event, EventKind, LogRecord, MigrationOutcome, Observation,

@@ -34,6 +34,9 @@ pub struct ManifestError {
 /// needs longer should answer retry-after and be asked again.
 pub const MAX_TIMEOUT_MS: u64 = 15 * 60 * 1000;
 
+/// The largest manifest file read; real ones are a few hundred bytes.
+pub const MAX_MANIFEST_BYTES: u64 = 64 * 1024;
+
 /// What one plugin is granted. Unknown keys are errors.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -107,7 +110,20 @@ impl Manifest {
             path: path.display().to_string(),
             message,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut std::io::Read::take(
+                std::fs::File::open(path).map_err(|e| error(e.to_string()))?,
+                MAX_MANIFEST_BYTES + 1,
+            ),
+            &mut text,
+        )
+        .map_err(|e| error(e.to_string()))?;
+        if text.len() as u64 > MAX_MANIFEST_BYTES {
+            return Err(error(format!(
+                "larger than {MAX_MANIFEST_BYTES} bytes: not a plugin manifest"
+            )));
+        }
         Self::from_toml(&text).map_err(error)
     }
 

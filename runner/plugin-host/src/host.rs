@@ -20,6 +20,7 @@ use crate::bindings::{gate, migration, notifier};
 use crate::cache::{CacheOutcome, ComponentCache};
 use crate::limits::{MemoryLimitExceeded, MemoryLimiter};
 use crate::manifest::{Manifest, Origin};
+use crate::masked::Masked;
 use crate::state::{CallLabels, CallState, Grants, IoCaps};
 use crate::types::{
     Decision, Direction, Event, EventKind, LogRecord, MigrationOutcome, Observation, StepContext,
@@ -249,7 +250,7 @@ impl PluginHost {
                 manifest.limits.memory_mb, self.config.memory_ceiling_mb
             )));
         }
-        let wasm = std::fs::read(path).map_err(|e| load_error(e.to_string()))?;
+        let wasm = gantry_plugin_api::read_component(path).map_err(load_error)?;
         let (component, cache) = match &self.cache {
             Some(cache) => cache.load(&self.engine, &wasm),
             None => {
@@ -394,7 +395,10 @@ impl PluginHost {
         body: impl AsyncFnOnce(
             &mut Store<CallState>,
         ) -> wasmtime::Result<Result<Result<T, Error>, String>>,
-    ) -> CallReport<T> {
+    ) -> CallReport<T>
+    where
+        T: Masked,
+    {
         let started = Instant::now();
         let limits = plugin.manifest.limits;
         let deadline = started + limits.timeout();
@@ -451,6 +455,11 @@ impl PluginHost {
                 message: cap_message(message),
             }),
             Ok(Ok(Ok(checked))) => checked,
+        };
+        let masker = &store.data().masker;
+        let result = match result {
+            Ok(answer) => Ok(answer.masked(masker)),
+            Err(error) => Err(error.masked(masker)),
         };
         CallReport {
             result,

@@ -19,15 +19,17 @@ mod cache;
 mod error;
 mod host;
 mod limits;
+mod masked;
 mod runner;
 mod state;
 
 pub use cache::CacheOutcome;
 pub use error::Error;
+pub use gantry_plugin_api::component_digest;
 pub use gantry_plugin_api::{SecretSource, manifest, types};
 pub use host::{Allocator, CallReport, EnvSecrets, HostConfig, Inspection, Plugin, PluginHost};
 pub use manifest::{Manifest, Origin};
-pub use runner::{HostedPlugins, component_digest};
+pub use runner::HostedPlugins;
 pub use types::{
     Artifact, Decision, Direction, Event, EventKind, LogRecord, MigrationOutcome, Observation,
     StepContext, Verdict, World,

@@ -1,21 +1,13 @@
 //! [`HostedPlugins`]: the engine's [`PluginRunner`] on wasmtime.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
-use gantry_plugin_api::{PluginFailure, PluginRef, PluginRunner, SecretSource};
-use sha2::Digest;
+use gantry_plugin_api::{PluginFailure, PluginRef, PluginRunner, SecretSource, component_digest};
 
 use crate::host::{Plugin, PluginHost};
 use crate::types::{Direction, Event, MigrationOutcome, StepContext, Verdict, World};
-
-/// The sha256 of a component file, as hex: how a pipeline pins a plugin.
-pub fn component_digest(path: &Path) -> Result<String, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    Ok(hex::encode(sha2::Sha256::digest(&bytes)))
-}
 
 /// Every plugin the running pipelines use, loaded once; a plugin of an older
 /// pipeline version (a run that started before the file changed) is loaded

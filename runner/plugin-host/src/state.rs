@@ -18,6 +18,7 @@ use crate::bindings::migration::gantry::plugin::sql;
 use crate::limits::MemoryLimiter;
 use crate::manifest::Origin;
 use crate::types::LogRecord;
+use gantry_plugin_api::Masker;
 
 /// Caps that apply to every call, whatever the manifest says.
 #[derive(Debug, Clone, Copy)]
@@ -56,6 +57,8 @@ pub(crate) struct CallState {
     deadline: Instant,
     http: reqwest::Client,
     logs: LogBuffer,
+    /// The granted secrets' values, masked in whatever the call leaves.
+    pub masker: Masker,
 }
 
 impl CallState {
@@ -77,7 +80,9 @@ impl CallState {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
+        let masker = Masker::new(grants.secrets.values().flatten().map(String::as_str));
         CallState {
+            masker,
             wasi,
             table: ResourceTable::new(),
             limiter,
@@ -138,6 +143,16 @@ impl log::Host for CallState {
             log::Level::Warn => "warn",
             log::Level::Error => "error",
         };
+        let message = self.masker.mask_string(message);
+        let fields = fields
+            .into_iter()
+            .map(|(name, value)| {
+                (
+                    self.masker.mask_string(name),
+                    self.masker.mask_string(value),
+                )
+            })
+            .collect();
         if let Some(record) = self.logs.push_guest(level, message, fields) {
             tracing::info!(
                 plugin = %self.labels.plugin,

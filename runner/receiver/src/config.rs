@@ -71,6 +71,16 @@ pub struct SlackApp {
     pub users: BTreeMap<String, String>,
 }
 
+impl SlackApp {
+    /// The approver name of Slack user `id`; ids compare case-insensitively.
+    pub fn approver(&self, id: &str) -> Option<&String> {
+        self.users
+            .iter()
+            .find(|(known, _)| known.eq_ignore_ascii_case(id))
+            .map(|(_, name)| name)
+    }
+}
+
 impl ReceiverConfig {
     /// Reads `path` (when given), then lets `GANTRY_GITHUB_WEBHOOK_SECRET`
     /// and `GANTRY_SLACK_SIGNING_SECRET` fill in or override the secrets.
@@ -123,6 +133,17 @@ impl ReceiverConfig {
                 return Err(format!("{name} must be at least 1"));
             }
         }
+        let ids: std::collections::BTreeSet<String> = config
+            .slack
+            .users
+            .keys()
+            .map(|id| id.to_ascii_uppercase())
+            .collect();
+        if ids.len() != config.slack.users.len() {
+            return Err(
+                "slack.users lists one Slack user id twice (ids compare case-insensitively)".into(),
+            );
+        }
         for (name, secret) in [
             ("github.webhook_secret", &config.github.webhook_secret),
             ("slack.signing_secret", &config.slack.signing_secret),
@@ -132,5 +153,30 @@ impl ReceiverConfig {
             }
         }
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slack_ids_compare_case_insensitively_and_may_not_repeat() {
+        let slack = SlackApp {
+            signing_secret: None,
+            users: [("U01ABC".to_string(), "bob".to_string())].into(),
+        };
+        assert_eq!(slack.approver("u01abc").map(String::as_str), Some("bob"));
+        assert_eq!(slack.approver("U01ABD"), None);
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("server.toml");
+        std::fs::write(
+            &path,
+            "[slack.users]\nU01ABC = \"bob\"\nu01abc = \"mallory\"\n",
+        )
+        .expect("write");
+        let err = ReceiverConfig::load(Some(&path)).expect_err("a repeated id");
+        assert!(err.contains("slack.users"), "{err}");
     }
 }

@@ -3,12 +3,19 @@
 use gantry_engine::model::ProtectionReview;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 /// What an event asks for.
 #[derive(Debug, PartialEq)]
 pub enum Translated {
-    /// A source event for the engine.
-    Event(Value),
+    /// A source event for the engine, and its identity: the same push or
+    /// merge delivered again, under any delivery id, has the same one.
+    Event {
+        /// The engine's source event.
+        source: Value,
+        /// `push-…` or `merge-…`, a digest of what makes the event unique.
+        identity: String,
+    },
     /// A deployment protection rule to answer.
     Review(ProtectionReview),
     /// Nothing to do, and why.
@@ -39,6 +46,8 @@ struct HeadCommit {
 struct Push {
     #[serde(rename = "ref")]
     reference: String,
+    #[serde(default)]
+    before: String,
     after: String,
     #[serde(default)]
     deleted: bool,
@@ -83,6 +92,17 @@ struct ProtectionRuleEvent {
     repository: Repository,
 }
 
+/// `kind-` and the digest of `parts`, each ended by a NUL (no part holds
+/// one), so no two lists of parts share an identity.
+fn identity(kind: &str, parts: &[&str]) -> String {
+    let mut digest = Sha256::new();
+    for part in parts {
+        digest.update(part.as_bytes());
+        digest.update([0]);
+    }
+    format!("{kind}-{}", &hex::encode(digest.finalize())[..32])
+}
+
 /// Translates a `push`, `pull_request` or `deployment_protection_rule`
 /// payload. Errors name the field.
 pub fn translate(event: &str, body: &[u8]) -> Result<Translated, String> {
@@ -106,13 +126,25 @@ pub fn translate(event: &str, body: &[u8]) -> Result<Translated, String> {
                 .and_then(|c| c.author)
                 .and_then(|a| a.username)
                 .or(push.sender.map(|s| s.login));
-            Ok(Translated::Event(json!({
+            // A push is the move of a ref from `before` to `after`: the same
+            // move again is a replay, whatever its delivery id.
+            let identity = identity(
+                "push",
+                &[
+                    &push.repository.full_name,
+                    &push.reference,
+                    &push.before,
+                    &push.after,
+                ],
+            );
+            let source = json!({
                 "kind": "push",
                 "repository": push.repository.full_name,
                 "branch": branch,
                 "sha": push.after,
                 "author": author,
-            })))
+            });
+            Ok(Translated::Event { source, identity })
         }
         "pull_request" => {
             let pr: PullRequestEvent =
@@ -126,14 +158,24 @@ pub fn translate(event: &str, body: &[u8]) -> Result<Translated, String> {
             let Some(sha) = pr.pull_request.merge_commit_sha else {
                 return Err("pull_request.merge_commit_sha is missing on a merged PR".into());
             };
-            Ok(Translated::Event(json!({
+            // A merge commit is merged once.
+            let identity = identity(
+                "merge",
+                &[
+                    &pr.repository.full_name,
+                    &pr.pull_request.base.reference,
+                    &sha,
+                ],
+            );
+            let source = json!({
                 "kind": "merge",
                 "repository": pr.repository.full_name,
                 "base": pr.pull_request.base.reference,
                 "sha": sha,
                 "author": pr.pull_request.user.map(|u| u.login),
                 "merged_by": pr.pull_request.merged_by.map(|u| u.login),
-            })))
+            });
+            Ok(Translated::Event { source, identity })
         }
         "deployment_protection_rule" => {
             let rule: ProtectionRuleEvent = serde_json::from_slice(body)
@@ -170,13 +212,39 @@ mod tests {
             "head_commit": {"author": {"username": "alice"}},
             "sender": {"login": "bot"}
         });
-        let t = translate("push", body.to_string().as_bytes()).expect("push");
+        let Translated::Event { source, identity } =
+            translate("push", body.to_string().as_bytes()).expect("push")
+        else {
+            panic!("not an event");
+        };
         assert_eq!(
-            t,
-            Translated::Event(
-                json!({"kind": "push", "repository": "acme/web", "branch": "feature/x", "sha": "a".repeat(40), "author": "alice"})
-            )
+            source,
+            json!({"kind": "push", "repository": "acme/web", "branch": "feature/x", "sha": "a".repeat(40), "author": "alice"})
         );
+        assert!(identity.starts_with("push-"), "{identity}");
+    }
+
+    #[test]
+    fn a_push_is_identified_by_repository_ref_before_and_after() {
+        let push = |repository: &str, reference: &str, before: &str, after: &str| {
+            let body = json!({"ref": reference, "before": before, "after": after,
+                "repository": {"full_name": repository}, "commits": [{"id": "anything"}]});
+            match translate("push", body.to_string().as_bytes()) {
+                Ok(Translated::Event { identity, .. }) => identity,
+                other => panic!("{other:?}"),
+            }
+        };
+        let (a, b) = ("a".repeat(40), "b".repeat(40));
+        let first = push("acme/web", "refs/heads/main", &a, &b);
+        assert_eq!(first, push("acme/web", "refs/heads/main", &a, &b));
+        for other in [
+            push("acme/api", "refs/heads/main", &a, &b),
+            push("acme/web", "refs/heads/dev", &a, &b),
+            push("acme/web", "refs/heads/main", &b, &b),
+            push("acme/web", "refs/heads/main", &a, &a),
+        ] {
+            assert_ne!(first, other);
+        }
     }
 
     #[test]

@@ -101,7 +101,10 @@ async fn github_hook(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: B
         "github delivery {}",
         header(&headers, "x-github-delivery").unwrap_or("(none)")
     );
-    r.record(Receiver::entry(subject, via, &response)).await;
+    // Not waited for: an accepted delivery is durable as its run (which
+    // names the delivery), and a webhook burst should not wait on a second
+    // commit per request.
+    r.audit.record(Receiver::entry(subject, via, &response));
     response
 }
 
@@ -127,27 +130,42 @@ async fn github_answer(
     let Some(event) = header(headers, "x-github-event") else {
         return refuse(StatusCode::BAD_REQUEST, "X-GitHub-Event is missing");
     };
-    let Some(delivery) = header(headers, "x-github-delivery") else {
-        return refuse(StatusCode::BAD_REQUEST, "X-GitHub-Delivery is missing");
+    let delivery = match header(headers, "x-github-delivery").map(str::trim) {
+        Some(d) if !d.is_empty() && d.len() <= 100 && !d.chars().any(char::is_control) => d,
+        _ => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "X-GitHub-Delivery must be 1 to 100 printable characters",
+            );
+        }
     };
     if event == "ping" {
         return answer(StatusCode::OK, json!({ "pong": true }));
     }
-    let hook = header(headers, "x-github-hook-id").unwrap_or("-");
-    let id = format!("github-{hook}-{delivery}");
+    let payload = match payload(headers, body) {
+        Ok(payload) => payload,
+        Err((status, message)) => return refuse(status, message),
+    };
     // (whether the delivery was accepted before, the answer's body)
-    let submitted = match github::translate(event, body) {
-        Ok(github::Translated::Event(source)) => {
+    let submitted = match github::translate(event, &payload) {
+        Ok(github::Translated::Event { source, identity }) => {
             subject.who = ["merged_by", "author"]
                 .iter()
                 .find_map(|field| source.get(field).and_then(Value::as_str))
                 .map(str::to_string);
-            r.engine.submit(&id, source).await.map(|s| {
-                subject.run = Some(s.run.clone());
-                (s.duplicate, Json(s).into_response())
-            })
+            r.engine
+                .submit(&format!("github-{identity}"), source)
+                .await
+                .map(|s| {
+                    subject.run = Some(s.run.clone());
+                    (s.duplicate, Json(s).into_response())
+                })
         }
         Ok(github::Translated::Review(review)) => {
+            // A protection rule is asked again, with the same content, when
+            // a workflow is re-run: only the delivery tells them apart.
+            let hook = header(headers, "x-github-hook-id").unwrap_or("-");
+            let id = format!("github-{hook}-{delivery}");
             r.engine.submit_review(&id, review).await.map(|duplicate| {
                 let body = json!({ "delivery": id, "duplicate": duplicate, "review": true });
                 (duplicate, Json(body).into_response())
@@ -175,6 +193,44 @@ async fn github_answer(
         }
         Err(e) => refuse(gantry_api::status_of(&e), e.to_string()),
     }
+}
+
+/// The JSON payload of a delivery: the body as sent with
+/// `application/json`, or its `payload` field with
+/// `application/x-www-form-urlencoded` (GitHub offers both). The signature
+/// was checked on the raw body before.
+fn payload(headers: &HeaderMap, body: &Bytes) -> Result<Bytes, (StatusCode, String)> {
+    let content_type = header(headers, "content-type").unwrap_or("application/json");
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "application/json" => Ok(body.clone()),
+        "application/x-www-form-urlencoded" => url::form_urlencoded::parse(body)
+            .find(|(name, _)| name == "payload")
+            .map(|(_, json)| Bytes::from(json.into_owned()))
+            .ok_or_else(|| {
+                (
+                    StatusCode::BAD_REQUEST,
+                    "a form-encoded delivery needs a `payload` field".into(),
+                )
+            }),
+        _ => Err((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "Content-Type {:?} is not application/json or application/x-www-form-urlencoded",
+                prefix(content_type)
+            ),
+        )),
+    }
+}
+
+/// At most 100 characters of `text`, for an error message.
+fn prefix(text: &str) -> String {
+    text.chars().take(100).collect()
 }
 
 async fn slack_interaction(
@@ -250,7 +306,7 @@ async fn slack_answer(
         }
         Err(e) => return refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
-    let Some(user) = r.config.slack.users.get(&click.user).cloned() else {
+    let Some(user) = r.config.slack.approver(&click.user).cloned() else {
         subject.who = Some(format!("unmapped Slack user {}", click.user));
         let message = format!(
             "Slack user {} is not mapped to an approver (slack.users)",

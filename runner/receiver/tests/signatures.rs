@@ -59,14 +59,29 @@ impl Receiver {
         signature: Option<&str>,
         body: &[u8],
     ) -> u16 {
+        self.deliver(event, Some(delivery), signature, body, "application/json")
+            .await
+    }
+
+    /// A delivery with any delivery header (or none) and content type.
+    async fn deliver(
+        &self,
+        event: &str,
+        delivery: Option<&str>,
+        signature: Option<&str>,
+        body: &[u8],
+        content_type: &str,
+    ) -> u16 {
         let mut request = self
             .client
             .post(format!("{}/webhooks/github", self.url))
             .header("x-github-event", event)
-            .header("x-github-delivery", delivery)
             .header("x-github-hook-id", "42")
-            .header("content-type", "application/json")
+            .header("content-type", content_type)
             .body(body.to_vec());
+        if let Some(delivery) = delivery {
+            request = request.header("x-github-delivery", delivery);
+        }
         if let Some(signature) = signature {
             request = request.header("x-hub-signature-256", signature);
         }
@@ -171,6 +186,95 @@ async fn github_signatures_are_checked_on_the_raw_body() {
     let huge_sig = sign_github(GITHUB_SECRET.as_bytes(), &huge);
     assert_eq!(r.github("push", "d5", Some(&huge_sig), &huge).await, 413);
     assert_eq!(r.queued().await, 1);
+}
+
+#[tokio::test]
+async fn a_push_is_one_run_whatever_its_delivery_id_or_encoding() {
+    let r = Receiver::start(Some(GITHUB_SECRET), None).await;
+    let body = push_body();
+    let signed = sign_github(GITHUB_SECRET.as_bytes(), &body);
+    assert_eq!(r.github("push", "first", Some(&signed), &body).await, 202);
+    // A captured push replayed under a new delivery id: the same push.
+    assert_eq!(r.github("push", "replay", Some(&signed), &body).await, 200);
+    assert_eq!(r.queued().await, 1);
+
+    // Form-encoded, as GitHub offers: signed over the form, read from its
+    // `payload` field. Another push of the same commit (another `before`)
+    // is a new one; the same push again as JSON is not.
+    let mut next: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    next["before"] = json!("c".repeat(40));
+    let json_body = serde_json::to_vec(&next).expect("json");
+    let form = format!(
+        "payload={}",
+        url::form_urlencoded::byte_serialize(&json_body).collect::<String>()
+    );
+    let form_signed = sign_github(GITHUB_SECRET.as_bytes(), form.as_bytes());
+    let form_type = "application/x-www-form-urlencoded";
+    let status = r
+        .deliver(
+            "push",
+            Some("f1"),
+            Some(&form_signed),
+            form.as_bytes(),
+            form_type,
+        )
+        .await;
+    assert_eq!(status, 202);
+    let json_signed = sign_github(GITHUB_SECRET.as_bytes(), &json_body);
+    assert_eq!(
+        r.github("push", "f2", Some(&json_signed), &json_body).await,
+        200
+    );
+    assert_eq!(r.queued().await, 2);
+
+    // The form signed as if it were JSON, a form without `payload`, and a
+    // type GitHub never sends are refused; so is a missing, empty, blank or
+    // control-character delivery id. Nothing more is enqueued.
+    let status = r
+        .deliver(
+            "push",
+            Some("f3"),
+            Some(&json_signed),
+            form.as_bytes(),
+            form_type,
+        )
+        .await;
+    assert_eq!(status, 401);
+    let empty_form = b"other=1";
+    let empty_signed = sign_github(GITHUB_SECRET.as_bytes(), empty_form);
+    let status = r
+        .deliver(
+            "push",
+            Some("f4"),
+            Some(&empty_signed),
+            empty_form,
+            form_type,
+        )
+        .await;
+    assert_eq!(status, 400);
+    let status = r
+        .deliver(
+            "push",
+            Some("f5"),
+            Some(&json_signed),
+            &json_body,
+            "text/plain",
+        )
+        .await;
+    assert_eq!(status, 415);
+    for delivery in [None, Some(""), Some("   "), Some("a\tb")] {
+        let status = r
+            .deliver(
+                "push",
+                delivery,
+                Some(&json_signed),
+                &json_body,
+                "application/json",
+            )
+            .await;
+        assert_eq!(status, 400, "delivery {delivery:?}");
+    }
+    assert_eq!(r.queued().await, 2);
 }
 
 #[tokio::test]

@@ -219,9 +219,16 @@ impl Engine {
             rollback,
             secrets: self.secrets(env).all(),
         };
-        let outcome = self
-            .effect(cx, key, self.deployer.deploy(target, &request))
-            .await?;
+        // Whatever deployer answers, the declared secrets never reach the
+        // store: the effect record keeps the masked answer.
+        let masker = request.masker();
+        let deploy = async {
+            match self.deployer.deploy(target, &request).await {
+                Ok(summary) => Ok(masker.mask_string(summary)),
+                Err(why) => Err(masker.mask_string(why)),
+            }
+        };
+        let outcome = self.effect(cx, key, deploy).await?;
         Ok(outcome.map(|s| cap(&s, bounded::REASON, "deploy output", &run_id)))
     }
 

@@ -159,11 +159,11 @@ pub(crate) async fn guard(
                 record(
                     access,
                     "anonymous",
-                    &e.to_string(),
+                    "no valid token",
                     &attempt,
                     None,
                     status,
-                    "",
+                    &e.to_string(),
                 )
                 .await;
                 return AppError(status, e.to_string()).into_response();

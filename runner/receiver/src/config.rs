@@ -71,6 +71,18 @@ pub struct SlackApp {
     pub users: BTreeMap<String, String>,
 }
 
+/// A TOML error as `FILE:LINE:COLUMN: message`, without the quoted source
+/// line toml prints by default: this file holds secrets.
+fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> String {
+    let (line, column) = e.span().map_or((1, 1), |span| {
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        (line, column)
+    });
+    format!("{}:{line}:{column}: {}", path.display(), e.message().trim())
+}
+
 impl SlackApp {
     /// The approver name of Slack user `id`; ids compare case-insensitively.
     pub fn approver(&self, id: &str) -> Option<&String> {
@@ -90,8 +102,7 @@ impl ReceiverConfig {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| format!("{}: {e}", path.display()))?;
-                toml::from_str::<ReceiverConfig>(&text)
-                    .map_err(|e| format!("{}: {e}", path.display()))?
+                toml::from_str::<ReceiverConfig>(&text).map_err(|e| toml_error(path, &text, &e))?
             }
             None => ReceiverConfig::default(),
         };
@@ -178,5 +189,19 @@ mod tests {
         .expect("write");
         let err = ReceiverConfig::load(Some(&path)).expect_err("a repeated id");
         assert!(err.contains("slack.users"), "{err}");
+    }
+
+    #[test]
+    fn a_toml_error_names_the_place_but_never_shows_the_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("server.toml");
+        std::fs::write(
+            &path,
+            "[github]\nwebhook_secret = \"hunter2-secret\"\ntoken = hunter3-secret\n",
+        )
+        .expect("write");
+        let err = ReceiverConfig::load(Some(&path)).expect_err("bad TOML");
+        assert!(err.contains("server.toml:3:9: "), "{err}");
+        assert!(!err.contains("hunter"), "{err}");
     }
 }

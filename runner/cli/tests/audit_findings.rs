@@ -208,3 +208,40 @@ async fn api_deliveries_have_their_own_namespace_and_the_cli_escapes_control_cha
     );
     assert!(stdout.contains("\\u{1b}"), "{stdout:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_event_fields_are_refused_and_runs_come_in_pages() {
+    let mut h = Harness::new(|t| t).await;
+    h.start(&[]);
+    let huge = "x".repeat(1_900_000);
+    let cases = [
+        ("branch", json!(format!("feature/{huge}"))),
+        ("repository", json!(format!("acme/{huge}"))),
+        ("author", json!(huge)),
+    ];
+    for (field, value) in cases {
+        let mut event = push(GOOD, "alice");
+        event[field] = value;
+        let (status, answer) = h.submit(event).await;
+        assert_eq!(status, 400, "{field}: {answer}");
+        let error = answer["error"].as_str().unwrap_or_default();
+        assert!(error.contains(&format!("`{field}`")), "{field}: {error}");
+        assert!(error.len() < 200, "{field}: the answer echoes the value");
+    }
+    assert!(
+        h.all_runs().await.is_empty(),
+        "an oversized event made a run"
+    );
+
+    // Runs come a page at a time, however many there are.
+    for i in 0..5u32 {
+        let sha = format!("{:040x}", i + 1);
+        let (status, answer) = h.submit(push(&sha, "alice")).await;
+        assert_eq!(status, 202, "{answer}");
+    }
+    let (status, page) = h.api(Method::GET, "/api/runs?limit=2", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(page["runs"].as_array().map(Vec::len), Some(2), "{page}");
+    assert!(page["next"].is_string(), "{page}");
+    assert_eq!(h.all_runs().await.len(), 5);
+}

@@ -115,7 +115,13 @@ async fn drive(h: &mut Harness) -> Outcome {
         Method::POST,
         &format!("/api/runs/{prod}/decisions"),
         Some(approve),
-        |s, v| s == 200 || (s == 409 && v["error"].as_str().unwrap_or("").contains("already")),
+        // A 409 after a crash: the decision was applied before the crash
+        // (already decided), and the run may even have finished since
+        // (production cannot succeed without it).
+        |s, v| {
+            let error = v["error"].as_str().unwrap_or("");
+            s == 200 || (s == 409 && (error.contains("already") || error.ends_with("is succeeded")))
+        },
     )
     .await;
     until(

@@ -9,6 +9,10 @@ rustup toolchain install
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/gantry-target}"
 export CARGO_TERM_COLOR=never
 
+echo "== moto_server, for the AWS backend's tests (each test process starts its own)"
+python3 -m pip install --quiet --disable-pip-version-check 'moto[server]>=5.2,<6'
+command -v moto_server >/dev/null || { echo "moto_server is not on PATH after pip install" >&2; exit 1; }
+
 echo "== format"
 cargo fmt --all -- --check
 cargo fmt --manifest-path plugins/Cargo.toml --all -- --check
@@ -17,8 +21,18 @@ cargo fmt --manifest-path sdk/rust/Cargo.toml -- --check
 echo "== clippy (guests: sdk and plugins, wasm32-wasip2)"
 (cd plugins && cargo clippy --locked --release --all-targets --target-dir target -- -D warnings)
 
-echo "== clippy (host workspace)"
-cargo clippy --locked --workspace --all-targets -- -D warnings
+echo "== the embedded build compiles no AWS SDK; --features aws does"
+if cargo tree --locked -p gantry-cli -e normal --prefix none | grep '^aws-sdk-'; then
+  echo "the embedded build (gantry-cli without features) compiles an AWS SDK" >&2
+  exit 1
+fi
+cargo tree --locked -p gantry-cli --features aws -e normal --prefix none | grep -q '^aws-sdk-dynamodb ' || {
+  echo "gantry-cli --features aws does not compile aws-sdk-dynamodb" >&2
+  exit 1
+}
 
-echo "== tests"
-cargo test --locked --workspace
+echo "== clippy (host workspace, with the AWS backend)"
+cargo clippy --locked --workspace --all-targets --features gantry-cli/aws -- -D warnings
+
+echo "== tests (the CLI's with --features aws: its tests run the binary on both backends)"
+cargo test --locked --workspace --features gantry-cli/aws

@@ -10,9 +10,11 @@
 //! - [`fakes`]: plugins and a deploy target in process, counting effects by
 //!   idempotency key; [`TestEngine`]: an engine over a fresh embedded store
 //!   with them.
+//! - [`moto`]: this process's `moto_server` for the AWS backend's tests.
 
 mod fake_app;
 pub mod fakes;
+mod moto;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,6 +24,7 @@ use gantry_store_sqlite::{Options, SqliteBackend};
 
 pub use fake_app::FakeApp;
 pub use fakes::{FakeDeployer, FakePlugins};
+pub use moto::{moto, unique_name};
 
 /// An engine over a fresh embedded store in a temporary dir, with fake
 /// plugins and a fake deploy target.

@@ -1,5 +1,6 @@
 //! `gantry`: Gantry's command line.
 
+mod backend;
 mod client;
 mod plugin;
 mod serve;
@@ -30,6 +31,12 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Run the webhook receiver alone (GitHub and Slack webhooks).
     Receiver(serve::ReceiverArgs),
+    /// Run workers alone: they advance runs (any number of copies on the
+    /// AWS backend).
+    Worker(serve::WorkerArgs),
+    /// Create the AWS backend's table and queues (development and tests).
+    #[command(subcommand)]
+    Backend(BackendCommand),
     /// Check pipeline files.
     Validate(serve::ValidateArgs),
     /// Submit an event (for the quick start, tests and scripts).
@@ -100,11 +107,19 @@ enum Command {
     },
 }
 
+/// `gantry backend ...`.
+#[derive(Subcommand)]
+enum BackendCommand {
+    /// Create the table (TTL on, `due` index), the queue and its
+    /// dead-letter queue when missing; print the queue URL.
+    Init(backend::InitArgs),
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match &cli.command {
         Command::Validate(_) => {}
-        Command::Serve(_) | Command::Receiver(_) => init_tracing("info"),
+        Command::Serve(_) | Command::Receiver(_) | Command::Worker(_) => init_tracing("info"),
         _ => init_tracing("error"),
     }
     if let Command::Validate(args) = cli.command {
@@ -125,6 +140,8 @@ fn main() -> std::process::ExitCode {
             Command::Plugin(command) => plugin::run(command).await,
             Command::Serve(args) => serve::serve(args).await,
             Command::Receiver(args) => serve::receiver(args).await,
+            Command::Worker(args) => serve::worker(args).await,
+            Command::Backend(BackendCommand::Init(args)) => backend::init(args).await,
             Command::Validate(_) => Ok(std::process::ExitCode::SUCCESS),
             Command::Submit { server, event } => client::submit(server, event).await,
             Command::Runs { server, command } => client::runs(server, command).await,

@@ -20,7 +20,6 @@ use gantry_plugin_api::{
 use gantry_plugin_host::{HostConfig, HostedPlugins, PluginHost};
 use gantry_receiver::ReceiverConfig;
 use gantry_store::Backend;
-use gantry_store_sqlite::{Options, SqliteBackend};
 
 /// What `gantry serve` and `gantry receiver` share: pipelines, the store,
 /// the receiver's settings.
@@ -29,9 +28,16 @@ pub struct CommonArgs {
     /// A pipeline file; repeat for several repositories.
     #[arg(long, required = true)]
     config: Vec<PathBuf>,
-    /// Where the embedded store (one SQLite file) lives.
+    /// Where the embedded store (one SQLite file) and the compiled-plugin
+    /// cache live.
     #[arg(long, default_value = ".gantry", env = "GANTRY_DATA_DIR")]
     data_dir: PathBuf,
+    #[command(flatten)]
+    backend: crate::backend::BackendArgs,
+    /// The URL people reach the API at, for links in notifications
+    /// (default: the address this process listens on).
+    #[arg(long, env = "GANTRY_PUBLIC_URL")]
+    public_url: Option<String>,
     /// A message whose handler failed this many times (with a backoff
     /// between tries that doubles up to 5 minutes) is dead-lettered.
     #[arg(long, default_value_t = 12)]
@@ -44,6 +50,12 @@ pub struct CommonArgs {
     /// seconds; extended while its handler runs.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=43_200))]
     visibility_timeout: u64,
+    /// How long a process's claim on a run's side effect lasts, in seconds;
+    /// renewed while the effect runs. After a process dies, another one
+    /// waits this long before it takes the run over (on the AWS backend;
+    /// the embedded one has one process).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(3..=3_600))]
+    lease: u64,
     /// Do not wait for the disk before answering a webhook or a decision:
     /// faster, but a power loss may lose the last ones (a process crash
     /// loses nothing either way).
@@ -157,6 +169,16 @@ pub struct ReceiverArgs {
     listen: SocketAddr,
 }
 
+/// `gantry worker`.
+#[derive(Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Handlers running at once.
+    #[arg(long, default_value_t = 32)]
+    workers: usize,
+}
+
 /// `gantry validate`.
 #[derive(Args)]
 pub struct ValidateArgs {
@@ -240,15 +262,19 @@ fn read_secrets(path: &Path) -> anyhow::Result<BTreeMap<String, String>> {
     Ok(secrets)
 }
 
+/// What a server process opens: the engine, the receiver's settings, and
+/// the listener (none for a worker).
+type Opened = (Arc<Engine>, ReceiverConfig, Option<tokio::net::TcpListener>);
+
 /// The engine over the store in `--data-dir`, with the pipelines loaded
 /// and checked, and the receiver's settings. `advances_runs`: this process
 /// runs workers, so it needs the plugins and the GitHub reporter.
 /// `Ok(Err(code))`: a pipeline file is invalid (already reported).
 async fn open(
     args: &CommonArgs,
-    listen: SocketAddr,
+    listen: Option<SocketAddr>,
     advances_runs: bool,
-) -> anyhow::Result<Result<(Arc<Engine>, ReceiverConfig, tokio::net::TcpListener), ExitCode>> {
+) -> anyhow::Result<Result<Opened, ExitCode>> {
     let mut pipelines = Vec::new();
     for file in &args.config {
         match gantry_pipeline::load(file) {
@@ -262,31 +288,32 @@ async fn open(
     let receiver =
         ReceiverConfig::load(args.server_config.as_deref()).map_err(anyhow::Error::msg)?;
     let secrets = secrets(args)?;
-    let backend: Arc<dyn Backend> = Arc::new(
-        SqliteBackend::open(
-            &args.data_dir,
-            Options {
-                fsync: !args.no_fsync,
-                ..Options::default()
-            },
-        )
-        .with_context(|| format!("--data-dir {}", args.data_dir.display()))?,
-    );
+    let backend: Arc<dyn Backend> =
+        crate::backend::open(&args.backend, &args.data_dir, !args.no_fsync).await?;
     let cache_dir = args
         .cache_dir
         .clone()
         .or_else(|| Some(args.data_dir.join("plugin-cache")));
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("--listen {listen}"))?;
-    let local = listener.local_addr()?;
+    let listener = match listen {
+        Some(listen) => Some(
+            tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("--listen {listen}"))?,
+        ),
+        None => None,
+    };
+    let local = match &listener {
+        Some(listener) => Some(format!("http://{}", listener.local_addr()?)),
+        None => None,
+    };
     let defaults = EngineConfig::default();
     let config = EngineConfig {
-        public_url: Some(format!("http://{local}")),
+        public_url: args.public_url.clone().or(local),
         secrets,
         max_attempts: args.max_attempts.max(1),
         max_receives: args.max_receives.max(1),
         visibility: Duration::from_secs(args.visibility_timeout),
+        lease: Duration::from_secs(args.lease),
         review_recheck: receiver
             .github
             .protection_rule_recheck_secs
@@ -417,8 +444,9 @@ fn github_reporter(
 /// Runs the API, the webhook receiver and the worker pool until SIGINT or
 /// SIGTERM.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let (engine, receiver, listener) = match open(&args.common, args.listen, true).await? {
-        Ok(opened) => opened,
+    let (engine, receiver, listener) = match open(&args.common, Some(args.listen), true).await? {
+        Ok((engine, receiver, Some(listener))) => (engine, receiver, listener),
+        Ok(_) => bail!("no listener"),
         Err(code) => return Ok(code),
     };
     let local = listener.local_addr()?;
@@ -461,8 +489,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 /// workers elsewhere (or a later `gantry serve` on the same data dir)
 /// advance the runs.
 pub async fn receiver(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
-    let (engine, receiver, listener) = match open(&args.common, args.listen, false).await? {
-        Ok(opened) => opened,
+    let (engine, receiver, listener) = match open(&args.common, Some(args.listen), false).await? {
+        Ok((engine, receiver, Some(listener))) => (engine, receiver, listener),
+        Ok(_) => bail!("no listener"),
         Err(code) => return Ok(code),
     };
     let local = listener.local_addr()?;
@@ -475,6 +504,31 @@ pub async fn receiver(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
         .route("/healthz", axum::routing::get(|| async { "ok" }));
     serve_http(listener, app, &args.common).await;
     eprintln!("gantry receiver stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs workers only (any number of these processes on the AWS backend):
+/// they receive, advance runs and checkpoint until SIGINT or SIGTERM.
+pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    let (engine, _, _) = match open(&args.common, None, true).await? {
+        Ok(opened) => opened,
+        Err(code) => return Ok(code),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let workers = tokio::spawn(gantry_engine::worker::run(
+        engine.clone(),
+        args.workers,
+        stop_rx,
+    ));
+    eprintln!(
+        "gantry worker: {} handler(s) on {} pipeline(s)",
+        args.workers,
+        engine.pipelines().len()
+    );
+    shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    let _ = workers.await;
+    eprintln!("gantry worker stopped");
     Ok(ExitCode::SUCCESS)
 }
 

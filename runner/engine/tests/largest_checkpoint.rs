@@ -6,8 +6,9 @@
 //! 5 KB, retry-after states of 16 KB), a gate that polls 500 times, 20
 //! approvals with long reasons, an event with fields at their limits, and a
 //! second artifact that fails at the end and rolls back. Every write goes
-//! through a backend that measures it: no item may pass 350 KB (DynamoDB
-//! takes 400 KB) and no checkpoint 100 items.
+//! through a backend that measures it: no item may pass 300,000 bytes (the
+//! AWS backend's limit: DynamoDB takes 400 KB, and the emulator counts a
+//! binary value as base64) and no checkpoint 100 items.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -329,7 +330,7 @@ async fn the_largest_checkpoint_stays_inside_a_dynamodb_item_and_transaction() {
         "largest item: {} bytes ({}); largest checkpoint: {} items, {} bytes",
         largest.item, largest.item_key, largest.items, largest.batch_bytes
     );
-    assert!(largest.item < 350_000, "{largest:?}");
+    assert!(largest.item < 300_000, "{largest:?}");
     assert!(largest.items <= 100, "{largest:?}");
     assert!(largest.batch_bytes < 4_000_000, "{largest:?}");
 }

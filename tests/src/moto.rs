@@ -1,7 +1,9 @@
-//! One `moto_server` (PyPI `moto[server]`) per test process, for the AWS
-//! backend's tests: started on a free loopback port at first use, by a
-//! shell that stops it by PID once this process ends (its end closes the
-//! shell's stdin). A missing `moto_server` fails the test, loudly.
+//! One moto server (PyPI `moto[server]`) per test process, for the AWS
+//! backend's tests: `tests/moto_server.py` (moto with DynamoDB requests
+//! serialised, as DynamoDB's conditions need), started on a free loopback
+//! port at first use by a shell that stops it by PID once this process
+//! ends (its end closes the shell's stdin). A missing moto fails the test,
+//! loudly.
 
 use std::io::Write as _;
 use std::net::TcpStream;
@@ -30,10 +32,11 @@ fn start() -> Moto {
     let log = std::env::temp_dir().join(format!("gantry-moto-{}.log", std::process::id()));
     let mut shell = Command::new("bash")
         .arg("-c")
-        .arg(r#"moto_server -H 127.0.0.1 -p "$1" >"$2" 2>&1 & pid=$!; read -r _; kill "$pid"; rm -f "$2""#)
+        .arg(r#"python3 "$3" 127.0.0.1 "$1" >"$2" 2>&1 & pid=$!; read -r _; kill "$pid"; rm -f "$2""#)
         .arg("moto")
         .arg(port.to_string())
         .arg(&log)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/moto_server.py"))
         .stdin(Stdio::piped())
         .spawn()
         .expect("bash, to start moto_server");
@@ -42,7 +45,7 @@ fn start() -> Moto {
         if Instant::now() > deadline || matches!(shell.try_wait(), Ok(Some(_))) {
             let _ = shell.stdin.as_mut().map(|s| s.write_all(b"\n"));
             panic!(
-                "moto_server did not start on 127.0.0.1:{port} (pip install 'moto[server]'; tests/run.sh does): {}",
+                "tests/moto_server.py did not start on 127.0.0.1:{port} (pip install 'moto[server]'; tests/run.sh does): {}",
                 std::fs::read_to_string(&log).unwrap_or_default()
             );
         }

@@ -73,11 +73,13 @@ async fn aws(table: &str, queue_url: &str) -> anyhow::Result<Arc<dyn Backend>> {
         table: table.to_string(),
         queue_url: queue_url.to_string(),
     };
-    Ok(Arc::new(gantry_store_aws::AwsBackend::new(
-        &config,
-        location,
-        gantry_store::system_clock(),
-    )))
+    // Test builds: GANTRY_CRASH_AT=written:N dies between a checkpoint's
+    // table write and its queue sends.
+    let crash = gantry_engine::CrashPoints::from_env();
+    let backend =
+        gantry_store_aws::AwsBackend::new(&config, location, gantry_store::system_clock())
+            .after_writes(move || crash.reached(gantry_engine::CrashPoint::Written));
+    Ok(Arc::new(backend))
 }
 
 #[cfg(not(feature = "aws"))]

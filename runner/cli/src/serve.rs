@@ -56,6 +56,15 @@ pub struct CommonArgs {
     /// the embedded one has one process).
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(3..=3_600))]
     lease: u64,
+    /// How often, in seconds, the sweeper looks for runs whose message was
+    /// lost (on the AWS backend a crash between a table write and its queue
+    /// send loses one).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    sweep_every: u64,
+    /// How long past its due time, in seconds, a run waits before the
+    /// sweeper sends it another message.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    sweep_grace: u64,
     /// Do not wait for the disk before answering a webhook or a decision:
     /// faster, but a power loss may lose the last ones (a process crash
     /// loses nothing either way).
@@ -96,7 +105,8 @@ pub struct ServeArgs {
     /// private.
     #[arg(long)]
     webhook_listen: Option<SocketAddr>,
-    /// Handlers running at once.
+    /// Handlers running at once; 0 serves the API and webhooks only (on
+    /// the AWS backend, with `gantry worker` processes advancing the runs).
     #[arg(long, default_value_t = 32)]
     workers: usize,
     #[command(flatten)]
@@ -314,6 +324,8 @@ async fn open(
         max_receives: args.max_receives.max(1),
         visibility: Duration::from_secs(args.visibility_timeout),
         lease: Duration::from_secs(args.lease),
+        sweep_every: Duration::from_secs(args.sweep_every),
+        sweep_grace: Duration::from_secs(args.sweep_grace),
         review_recheck: receiver
             .github
             .protection_rule_recheck_secs
@@ -451,11 +463,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let local = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let workers = tokio::spawn(gantry_engine::worker::run(
-        engine.clone(),
-        args.workers,
-        stop_rx,
-    ));
+    // `--workers 0`: the API and webhooks only, runs advanced elsewhere.
+    let workers = (args.workers > 0).then(|| {
+        tokio::spawn(gantry_engine::worker::run(
+            engine.clone(),
+            args.workers,
+            stop_rx,
+        ))
+    });
     eprintln!(
         "gantry serving {} pipeline(s) on http://{local} (data in {})",
         engine.pipelines().len(),
@@ -480,7 +495,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let _ = stop_tx.send(true);
-    let _ = workers.await;
+    if let Some(workers) = workers {
+        let _ = workers.await;
+    }
     eprintln!("gantry stopped");
     Ok(ExitCode::SUCCESS)
 }

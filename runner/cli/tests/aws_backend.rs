@@ -6,56 +6,19 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::process::Process;
 use common::*;
 use gantry_receiver::signature::sign_github;
 use reqwest::Method;
 use serde_json::json;
 
-/// The AWS chain's settings for the emulator.
-fn aws_env() -> Vec<(&'static str, String)> {
-    vec![
-        ("AWS_ENDPOINT_URL", gantry_tests::moto()),
-        ("AWS_ACCESS_KEY_ID", "test".into()),
-        ("AWS_SECRET_ACCESS_KEY", "test".into()),
-        ("AWS_REGION", "us-east-1".into()),
-    ]
-}
-
-/// Creates a table and a queue with `gantry backend init` (twice: it is
-/// idempotent) and returns the backend's flags.
-fn init() -> Vec<String> {
-    let name = gantry_tests::unique_name("cli");
-    let run = || {
-        let out = Command::new(env!("CARGO_BIN_EXE_gantry"))
-            .args(["backend", "init", "--backend", "aws", "--dynamodb-table"])
-            .arg(&name)
-            .arg("--sqs-queue-name")
-            .arg(&name)
-            .envs(aws_env())
-            .output()
-            .expect("run gantry backend init");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
-    let url = run();
-    assert!(url.ends_with(&name), "{url}");
-    assert_eq!(run(), url, "a second init changed the queue");
-    vec![
-        "--backend".into(),
-        "aws".into(),
-        "--dynamodb-table".into(),
-        name,
-        "--sqs-queue-url".into(),
-        url,
-    ]
+/// The emulator's settings and a fresh table and queue's flags.
+fn backend() -> (Vec<(String, String)>, Vec<String>) {
+    let env = common::aws::env(&gantry_tests::moto());
+    let args = common::aws::init(&gantry_tests::unique_name("cli"), &env);
+    (env, args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,11 +26,10 @@ async fn the_example_flow_survives_a_kill_on_dynamodb_and_sqs() {
     let mut h = Harness::new(|t| t).await;
     // A message or an effect claim the killed process held comes back
     // after seconds, not the defaults' 30 and 60.
-    h.args = init();
+    (h.env, h.args) = backend();
     h.args
         .extend(["--visibility-timeout", "2", "--lease", "3"].map(String::from));
-    let env = aws_env();
-    h.start(&env);
+    h.start(&[]);
 
     let (status, sub) = h.submit(push(GOOD, "alice")).await;
     assert_eq!(status, 202, "{sub}");
@@ -91,7 +53,7 @@ async fn the_example_flow_survives_a_kill_on_dynamodb_and_sqs() {
     // SIGKILL while the canary rolls out; another process takes over.
     tokio::time::sleep(Duration::from_millis(300)).await;
     h.server = None;
-    h.start(&env);
+    h.start(&[]);
     let done = h.wait_status(&run, "succeeded").await;
     assert_eq!(done["stages"][1]["steps"][2]["status"], "passed", "{done}");
     let production = h.app("production");
@@ -104,50 +66,12 @@ async fn the_example_flow_survives_a_kill_on_dynamodb_and_sqs() {
     );
 }
 
-/// A `gantry` process that printed `ready` on stderr; killed on drop.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `gantry ARGS` and waits for a stderr line starting with `ready`;
-/// returns the process and that line.
-fn spawn(args: &[String], env: &[(&str, String)], ready: &str) -> (Process, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gantry"))
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn gantry");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let ready = ready.to_string();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.starts_with(&ready) {
-                let _ = tx.send(line);
-            }
-        }
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(60))
-        .unwrap_or_else(|_| panic!("gantry {args:?} did not start"));
-    (Process(child), line)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_and_two_workers_share_the_work() {
     const SECRET: &str = "aws-test-webhook-secret";
     let h = Harness::new(|t| t).await;
-    let backend = init();
-    let mut env = aws_env();
-    env.push(("GANTRY_GITHUB_WEBHOOK_SECRET", SECRET.into()));
+    let (mut env, backend) = backend();
+    env.push(("GANTRY_GITHUB_WEBHOOK_SECRET".into(), SECRET.into()));
     let common = |command: &str| -> Vec<String> {
         let mut args = vec![
             command.to_string(),
@@ -161,11 +85,12 @@ async fn a_receiver_and_two_workers_share_the_work() {
     };
     let mut receiver_args = common("receiver");
     receiver_args.extend(["--listen".into(), "127.0.0.1:0".into()]);
-    let (_receiver, line) = spawn(&receiver_args, &env, "gantry receiver on http://");
-    let addr = line
-        .trim_start_matches("gantry receiver on http://")
-        .split_whitespace()
-        .next()
+    let receiver = Process::start(&receiver_args, &env, "gantry receiver on http://");
+    let addr = receiver
+        .log()
+        .lines()
+        .find_map(|l| l.strip_prefix("gantry receiver on http://"))
+        .and_then(|rest| rest.split_whitespace().next())
         .expect("address")
         .to_string();
     let mut workers = Vec::new();
@@ -177,7 +102,7 @@ async fn a_receiver_and_two_workers_share_the_work() {
             .join(format!("worker-{i}"))
             .display()
             .to_string();
-        workers.push(spawn(&args, &env, "gantry worker:").0);
+        workers.push(Process::start(&args, &env, "gantry worker:"));
     }
 
     let http = reqwest::Client::new();
@@ -212,9 +137,12 @@ async fn a_receiver_and_two_workers_share_the_work() {
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "{applied} of {} pushes deployed: {:?}",
+            "{applied} of {} pushes deployed: {:?}\nreceiver:\n{}\nworker 0:\n{}\nworker 1:\n{}",
             shas.len(),
-            dev.effects
+            dev.effects,
+            receiver.log(),
+            workers[0].log(),
+            workers[1].log()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -1,7 +1,9 @@
 //! Crash points for the crash tests: with the `crash-points` feature (which
-//! only test builds turn on), `GANTRY_CRASH_AT=checkpoint:N` or `effect:N`
-//! SIGKILLs the process at the N-th checkpoint, or right after the N-th
-//! side effect before its result is recorded. Without the feature this is
+//! only test builds turn on), `GANTRY_CRASH_AT=checkpoint:N`, `effect:N` or
+//! `written:N` SIGKILLs the process at the N-th checkpoint, right after the
+//! N-th side effect before its result is recorded, or (on a backend that
+//! is not atomic) after the N-th checkpoint's writes applied and before its
+//! messages are sent. Without the feature this is
 //! empty and costs nothing.
 
 /// A named place where a test build kills its own process.
@@ -12,6 +14,9 @@ pub enum CrashPoint {
     /// Right after the n-th side effect is done, before its result is
     /// recorded.
     EffectDone,
+    /// Inside a non-atomic backend's n-th checkpoint: its writes applied,
+    /// its messages not sent, its ack not made.
+    Written,
 }
 
 /// Where this process dies, if anywhere.
@@ -31,7 +36,7 @@ impl CrashPoints {
             let at = std::env::var("GANTRY_CRASH_AT").ok().and_then(|spec| {
                 let parsed = parse(&spec);
                 if parsed.is_none() {
-                    tracing::error!(%spec, "GANTRY_CRASH_AT: expected checkpoint:N or effect:N");
+                    tracing::error!(%spec, "GANTRY_CRASH_AT: expected checkpoint:N, effect:N or written:N");
                 }
                 parsed
             });
@@ -69,6 +74,7 @@ fn parse(spec: &str) -> Option<(CrashPoint, u64)> {
     let point = match point {
         "checkpoint" => CrashPoint::Checkpoint,
         "effect" => CrashPoint::EffectDone,
+        "written" => CrashPoint::Written,
         _ => return None,
     };
     Some((point, n.parse().ok()?))

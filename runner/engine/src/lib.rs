@@ -22,7 +22,7 @@ mod report;
 mod secrets;
 pub mod worker;
 
-pub use crash::CrashPoint;
+pub use crash::{CrashPoint, CrashPoints};
 pub use deploy::{DeployRequest, Deployer, ProcessDeployer};
 pub use engine::{
     Counts, Decided, Engine, EngineConfig, Released, RunPage, Submitted, Swept, run_id_for,

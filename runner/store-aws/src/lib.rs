@@ -60,12 +60,16 @@ pub async fn sdk_config(emulator: Option<&Emulator>) -> SdkConfig {
     loader.load().await
 }
 
+/// Called inside a checkpoint once its writes applied, before its sends.
+type Hook = Arc<dyn Fn() + Send + Sync>;
+
 /// The backend on a table and a queue.
 #[derive(Clone)]
 pub struct AwsBackend {
     table: table::Table,
     queue: queue::SqsQueue,
     clock: Arc<dyn Clock>,
+    after_writes: Option<Hook>,
 }
 
 impl AwsBackend {
@@ -81,7 +85,15 @@ impl AwsBackend {
                 url: location.queue_url,
             },
             clock,
+            after_writes: None,
         }
+    }
+
+    /// Calls `hook` in every checkpoint between its writes and its sends:
+    /// the crash tests kill the process there.
+    pub fn after_writes(mut self, hook: impl Fn() + Send + Sync + 'static) -> Self {
+        self.after_writes = Some(Arc::new(hook));
+        self
     }
 
     fn now(&self) -> u64 {
@@ -183,6 +195,9 @@ impl Backend for AwsBackend {
             }
         }
         self.table.write(&checkpoint.writes, self.now()).await?;
+        if let Some(hook) = &self.after_writes {
+            hook();
+        }
         // From here on the writes stand: a failure loses at most messages
         // the sweeper sends again.
         for message in &checkpoint.send {

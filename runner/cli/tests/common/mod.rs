@@ -3,6 +3,10 @@
 //! of the server and counts effects per idempotency key).
 #![allow(dead_code)]
 
+pub mod aws;
+pub mod crash_flow;
+pub mod process;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -64,6 +68,8 @@ pub struct Harness {
     tokens: Mutex<BTreeMap<String, String>>,
     /// More arguments for `gantry serve`.
     pub args: Vec<String>,
+    /// Environment variables for every start (a backend's settings).
+    pub env: Vec<(String, String)>,
 }
 
 /// The example pipeline pointed at the toy apps; `edit` may change it.
@@ -100,6 +106,7 @@ impl Harness {
             max_receives: 20,
             restarts: 0,
             args: vec![],
+            env: vec![],
             tokens: Mutex::new(BTreeMap::new()),
         }
     }
@@ -124,6 +131,9 @@ impl Harness {
             .env("GANTRY_ADMIN_TOKEN", ADMIN_TOKEN)
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -156,7 +156,9 @@ impl Engine {
         };
         match error {
             Error::LostRace(why) if envelope.races < self.config.race_budget => {
-                tracing::debug!(message = %received.id, %why, "lost a race; handling it again");
+                // Info: a process that was paused counts its late writes
+                // refused here (the multi-process test does).
+                tracing::info!(message = %received.id, %why, "lost a race: the checkpoint was refused; handling the message again");
                 let again = Envelope {
                     races: envelope.races + 1,
                     ..envelope

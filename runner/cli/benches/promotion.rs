@@ -15,9 +15,16 @@
 //! before durable-by-default were measured, and with the default (accepted
 //! events and decisions fsync'd before they are answered).
 //!
-//! `cargo bench -p gantry-cli --bench promotion`; `GANTRY_BENCH=throughput`
-//! (or `transition`, `promotion`, a comma-separated list) runs only those,
-//! with the bare commit, and `GANTRY_BENCH_FSYNC=0` or `1` only that mode.
+//! With `--features aws`, the same three run again on the AWS backend on
+//! moto (emulated: a local Python server, whose times say nothing of
+//! DynamoDB's and SQS's), against one bare `UpdateItem` there, and the
+//! requests one promotion makes are counted and priced at list prices.
+//!
+//! `cargo bench -p gantry-cli [--features aws] --bench promotion`;
+//! `GANTRY_BENCH=throughput` (or `transition`, `promotion`, `cost`, a
+//! comma-separated list) runs only those, with the bare commit;
+//! `GANTRY_BENCH_FSYNC=0` or `1` only that mode; `GANTRY_BENCH_BACKEND=
+//! embedded` or `aws` only that backend.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,8 +34,12 @@ use gantry_engine::model::{Run, RunStatus, StepStatus};
 use gantry_engine::{Engine, EngineConfig};
 use gantry_plugin_api::{Decision, PluginRef};
 use gantry_plugin_host::{HostConfig, HostedPlugins, PluginHost};
-use gantry_store::Queue;
+use gantry_store::Backend;
 use gantry_store_sqlite::{Options, SqliteBackend};
+
+#[cfg(feature = "aws")]
+#[path = "support/counted.rs"]
+mod counted;
 use serde_json::json;
 
 fn percentile(samples: &mut [Duration], p: f64) -> Duration {
@@ -133,23 +144,70 @@ fn hosted(pipelines: &[gantry_pipeline::Pipeline]) -> Arc<HostedPlugins> {
 
 struct Setup {
     engine: Arc<Engine>,
-    backend: Arc<SqliteBackend>,
+    backend: Arc<dyn Backend>,
     stop: tokio::sync::watch::Sender<bool>,
     _dir: tempfile::TempDir,
 }
 
-async fn setup(world: &Example, fsync: bool, workers: bool) -> Setup {
+/// Which backend a phase runs on.
+#[derive(Debug, Clone, Copy)]
+enum On {
+    /// SQLite in a temporary dir; `fsync`: the default durability.
+    Embedded { fsync: bool },
+    /// A fresh table and queue on moto.
+    #[cfg(feature = "aws")]
+    Aws,
+}
+
+/// A fresh, empty backend, and the dir it may keep things in.
+async fn open(on: On) -> (Arc<dyn Backend>, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let backend = Arc::new(
-        SqliteBackend::open(
-            &dir.path().join("data"),
-            Options {
-                fsync,
-                ..Options::default()
-            },
-        )
-        .expect("open"),
-    );
+    let backend: Arc<dyn Backend> = match on {
+        On::Embedded { fsync } => Arc::new(
+            SqliteBackend::open(
+                &dir.path().join("data"),
+                Options {
+                    fsync,
+                    ..Options::default()
+                },
+            )
+            .expect("open"),
+        ),
+        #[cfg(feature = "aws")]
+        On::Aws => {
+            let emulator = gantry_store_aws::Emulator {
+                endpoint: gantry_tests::moto(),
+            };
+            let config = gantry_store_aws::sdk_config(Some(&emulator)).await;
+            let name = gantry_tests::unique_name("bench");
+            let created = gantry_store_aws::create(&config, &name, &name)
+                .await
+                .expect("table and queue");
+            let location = gantry_store_aws::Location {
+                table: name,
+                queue_url: created.queue_url,
+            };
+            Arc::new(gantry_store_aws::AwsBackend::new(
+                &config,
+                location,
+                gantry_store::system_clock(),
+            ))
+        }
+    };
+    (backend, dir)
+}
+
+async fn setup(world: &Example, on: On, workers: bool) -> Setup {
+    let (backend, dir) = open(on).await;
+    setup_on(world, backend, dir, workers)
+}
+
+fn setup_on(
+    world: &Example,
+    backend: Arc<dyn Backend>,
+    dir: tempfile::TempDir,
+    workers: bool,
+) -> Setup {
     let engine = Arc::new(Engine::new(
         backend.clone(),
         world.pipelines.clone(),
@@ -189,7 +247,7 @@ fn at_approval(r: &Run) -> bool {
 /// Step transitions through the handler: a merge run parked at staging's
 /// error-rate gate, whose plugin answers "again in 0 s" every time; each
 /// message is one transition (receive, read, ask, record, checkpoint).
-async fn transitions(world: &Example, n: usize) -> Vec<Duration> {
+async fn transitions(world: &Example, on: On, n: usize) -> Vec<Duration> {
     let mut pipelines = world.pipelines.clone();
     for env in &mut pipelines[0].environments {
         for step in &mut env.steps {
@@ -198,9 +256,7 @@ async fn transitions(world: &Example, n: usize) -> Vec<Duration> {
             }
         }
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let backend =
-        Arc::new(SqliteBackend::open(&dir.path().join("data"), Options::default()).expect("open"));
+    let (backend, _dir) = open(on).await;
     let plugins = gantry_tests::FakePlugins::new();
     plugins.gate("http-health", |ctx, _| {
         Ok(gantry_plugin_api::Verdict {
@@ -282,8 +338,8 @@ async fn promote(engine: &Engine, n: usize) {
     wait(engine, &prod, |r| r.status == RunStatus::Succeeded).await;
 }
 
-async fn full_promotions(world: &Example, fsync: bool, n: usize) -> Vec<Duration> {
-    let s = setup(world, fsync, true).await;
+async fn full_promotions(world: &Example, on: On, n: usize) -> Vec<Duration> {
+    let s = setup(world, on, true).await;
     for warm in 0..5 {
         promote(&s.engine, 1_000_000 + warm).await;
     }
@@ -300,8 +356,8 @@ async fn full_promotions(world: &Example, fsync: bool, n: usize) -> Vec<Duration
 /// 1,000 artifacts at once: every push and merge submitted up front (at
 /// once, so accepted events share their commits), one approver sweeping
 /// the runs; returns how long until every run succeeded.
-async fn throughput(world: &Example, fsync: bool, artifacts: usize) -> Duration {
-    let s = setup(world, fsync, true).await;
+async fn throughput(world: &Example, on: On, artifacts: usize) -> Duration {
+    let s = setup(world, on, true).await;
     let engine = s.engine.clone();
     let started = Instant::now();
     let mut submits = tokio::task::JoinSet::new();
@@ -367,17 +423,32 @@ fn runs(name: &str) -> bool {
     std::env::var("GANTRY_BENCH").map_or(true, |only| only.split(',').any(|p| p.trim() == name))
 }
 
+/// Whether the phases on `backend` (`embedded`, `aws`) run.
+fn on(backend: &str) -> bool {
+    std::env::var("GANTRY_BENCH_BACKEND").map_or(true, |only| only == backend)
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let dir = tempfile::tempdir().expect("tempdir");
     let world = example().await;
+    if on("embedded") {
+        embedded(&world).await;
+    }
+    #[cfg(feature = "aws")]
+    if on("aws") {
+        aws(&world).await;
+    }
+}
+
+async fn embedded(world: &Example) {
+    let dir = tempfile::tempdir().expect("tempdir");
     let mut bare = bare_commit(dir.path(), 5_000);
     let (bare_median, bare_p99) = summary(&mut bare);
     println!(
         "bare SQLite commit (3 KB row, the backend's settings): median {bare_median:.1} µs, p99 {bare_p99:.1} µs (5,000 samples)"
     );
     if runs("transition") {
-        let mut step = transitions(&world, 5_000).await;
+        let mut step = transitions(world, On::Embedded { fsync: false }, 5_000).await;
         let (step_median, step_p99) = summary(&mut step);
         println!(
             "step transition through the handler (receive, read run, gate, record, checkpoint): median {step_median:.1} µs, p99 {step_p99:.1} µs (5,000 samples); {:.1}× a bare commit",
@@ -392,8 +463,9 @@ async fn main() {
         if std::env::var("GANTRY_BENCH_FSYNC").is_ok_and(|f| (f == "1") != fsync) {
             continue;
         }
+        let on = On::Embedded { fsync };
         if runs("promotion") {
-            let mut full = full_promotions(&world, fsync, 1_000).await;
+            let mut full = full_promotions(world, on, 1_000).await;
             let median = percentile(&mut full, 0.5);
             println!(
                 "[{label}] full promotion dev→staging→production: median {:.2} ms, p99 {:.2} ms (1,000 promotions); {:.0}× a bare commit",
@@ -404,7 +476,7 @@ async fn main() {
         }
         if runs("throughput") {
             let artifacts = 1_000;
-            let took = throughput(&world, fsync, artifacts).await;
+            let took = throughput(world, on, artifacts).await;
             println!(
                 "[{label}] throughput: {artifacts} artifacts at once in {:.2} s: {:.0} full promotions/s ({} runs)",
                 took.as_secs_f64(),
@@ -413,4 +485,123 @@ async fn main() {
             );
         }
     }
+}
+
+/// The same on the AWS backend on moto (emulated), fewer times, then the
+/// requests and dollars of one promotion.
+#[cfg(feature = "aws")]
+async fn aws(world: &Example) {
+    let label = "[AWS backend on moto, emulated]";
+    let (backend, _dir) = open(On::Aws).await;
+    let value = vec![7u8; 3000];
+    let mut bare = Vec::with_capacity(300);
+    for i in 0..300 {
+        let write = gantry_store::Write::put(
+            gantry_store::Key::new(format!("run/{}", i % 100), "run"),
+            value.clone(),
+            gantry_store::Precondition::None,
+        );
+        let started = Instant::now();
+        backend.write(vec![write]).await.expect("write");
+        bare.push(started.elapsed());
+    }
+    let (bare_median, bare_p99) = summary(&mut bare);
+    println!(
+        "{label} bare UpdateItem (3 KB item): median {bare_median:.1} µs, p99 {bare_p99:.1} µs (300 samples)"
+    );
+    if runs("transition") {
+        let mut step = transitions(world, On::Aws, 300).await;
+        let (step_median, step_p99) = summary(&mut step);
+        println!(
+            "{label} step transition through the handler: median {step_median:.1} µs, p99 {step_p99:.1} µs (300 samples); {:.1}× a bare UpdateItem",
+            step_median / bare_median
+        );
+    }
+    if runs("promotion") {
+        let mut full = full_promotions(world, On::Aws, 30).await;
+        let median = percentile(&mut full, 0.5);
+        println!(
+            "{label} full promotion: median {:.0} ms, p99 {:.0} ms (30 promotions); {:.0}× a bare UpdateItem",
+            ms(median),
+            ms(percentile(&mut full, 0.99)),
+            us(median) / bare_median
+        );
+    }
+    if runs("throughput") {
+        let artifacts = 50;
+        let took = throughput(world, On::Aws, artifacts).await;
+        println!(
+            "{label} throughput: {artifacts} artifacts at once in {:.1} s: {:.1} full promotions/s",
+            took.as_secs_f64(),
+            artifacts as f64 / took.as_secs_f64()
+        );
+    }
+    if runs("cost") {
+        cost(world).await;
+    }
+}
+
+/// Requests, capacity units and dollars of one promotion on the AWS
+/// backend, and of a million runs parked at an approval.
+#[cfg(feature = "aws")]
+async fn cost(world: &Example) {
+    let (inner, dir) = open(On::Aws).await;
+    let counted = counted::Counted::new(inner);
+    let s = setup_on(world, counted.clone(), dir, true);
+    for warm in 0..2 {
+        promote(&s.engine, 3_000_000 + warm).await;
+    }
+    let _ = counted.take();
+    let started = Instant::now();
+    let n = 20;
+    for i in 0..n {
+        promote(&s.engine, 3_100_000 + i).await;
+    }
+    let took = started.elapsed();
+    let tally = counted.take();
+    let per = |x: u64| x as f64 / n as f64;
+    println!(
+        "AWS requests per promotion (push → dev; merge → staging → approval → production canary), mean of {n}:"
+    );
+    for (name, count) in &tally.requests {
+        println!("  {name}: {:.1}", per(*count));
+    }
+    // Idle polling: each worker process long-polls while there is nothing
+    // to do; its share above is what the promotions' own time cost.
+    println!(
+        "  DynamoDB {:.1} requests ({:.1} WRU, {:.1} RRU), SQS {:.1} requests; {:.1} s of polling by one process included",
+        per(tally.dynamodb()),
+        per(tally.wru),
+        per(tally.rru),
+        per(tally.sqs()),
+        took.as_secs_f64() / n as f64
+    );
+    let dollars = tally.dollars() / n as f64;
+    println!(
+        "  ${:.7} per promotion at list prices (${:.3} WRU, ${:.3} RRU, ${:.2} SQS per million): 1,000 promotions a day ≈ ${:.2} a month",
+        dollars,
+        counted::PER_MILLION_WRU,
+        counted::PER_MILLION_RRU,
+        counted::PER_MILLION_SQS,
+        dollars * 1_000.0 * 30.0
+    );
+    // A run parked at production's approval: its item, the run index
+    // entry, and its evidence so far.
+    let sha = format!("{:040x}", 3_200_000);
+    let merge = json!({"kind": "merge", "repository": "acme/web", "base": "main", "sha": sha, "author": "alice"});
+    let parked = s
+        .engine
+        .submit("cost-parked", merge)
+        .await
+        .expect("merge")
+        .run;
+    wait(&s.engine, &parked, at_approval).await;
+    let run = s.engine.run(&parked).await.expect("run").expect("exists");
+    let bytes = serde_json::to_vec(&run).map_or(0, |v| v.len()) + 200;
+    let gb = bytes as f64 * 1e6 / 1e9;
+    println!(
+        "  1,000,000 runs parked at an approval: about {bytes} bytes each (run item and index entry) = {gb:.1} GB: ${:.2} a month of storage; no message in flight (timers beyond 15 minutes wait in the due index)",
+        gb * counted::PER_GB_MONTH
+    );
+    let _ = s.stop.send(true);
 }

@@ -11,6 +11,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use gantry_store::{Depth, Error, Outgoing, Receipt, Received};
 
+use aws_sdk_sqs::config::http::HttpResponse;
+use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
+
 use crate::errors::from_sdk;
 
 /// SQS's longest delay.
@@ -55,6 +58,19 @@ fn stale_receipt(code: Option<&str>) -> bool {
                 | "AWS.SimpleQueueService.MessageNotInflight"
         )
     )
+}
+
+/// A call on a receipt: a receipt that no longer owns its message is not
+/// an error.
+fn best_effort<E>(what: &str, result: Result<(), SdkError<E, HttpResponse>>) -> Result<(), Error>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if stale_receipt(e.as_service_error().and_then(|s| s.code())) => Ok(()),
+        Err(e) => Err(from_sdk(what, &e)),
+    }
 }
 
 impl SqsQueue {
@@ -134,18 +150,7 @@ impl SqsQueue {
             .visibility_timeout(seconds(visibility, MAX_VISIBILITY))
             .send()
             .await;
-        match answer {
-            Ok(_) => Ok(()),
-            Err(e)
-                if stale_receipt(e.as_service_error().and_then(|s| {
-                    use aws_sdk_sqs::error::ProvideErrorMetadata;
-                    s.code()
-                })) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(from_sdk("ChangeMessageVisibility", &e)),
-        }
+        best_effort("ChangeMessageVisibility", answer.map(drop))
     }
 
     /// Deletes a received message; a stale receipt deletes nothing.
@@ -157,18 +162,7 @@ impl SqsQueue {
             .receipt_handle(&receipt.0)
             .send()
             .await;
-        match answer {
-            Ok(_) => Ok(()),
-            Err(e)
-                if stale_receipt(e.as_service_error().and_then(|s| {
-                    use aws_sdk_sqs::error::ProvideErrorMetadata;
-                    s.code()
-                })) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(from_sdk("DeleteMessage", &e)),
-        }
+        best_effort("DeleteMessage", answer.map(drop))
     }
 
     /// The approximate counts SQS keeps.

@@ -18,6 +18,9 @@ use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Delete, TransactWriteItem, Update};
 use gantry_store::{Error, Item, Key, ListQuery, Page, Precondition, Write};
 
+use aws_sdk_dynamodb::config::http::HttpResponse;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+
 use crate::errors::from_sdk;
 
 pub(crate) const PK: &str = "pk";
@@ -380,16 +383,7 @@ impl Table {
                     .set_expression_attribute_values(u.expression_attribute_values().cloned())
                     .send()
                     .await;
-                match call {
-                    Ok(_) => Ok(()),
-                    Err(e)
-                        if e.as_service_error()
-                            .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-                    {
-                        Err(conflict())
-                    }
-                    Err(e) => Err(from_sdk("UpdateItem", &e)),
-                }
+                conditional("UpdateItem", call.map(drop), conflict)
             }
             Request::Delete(d) => {
                 let call = self
@@ -402,16 +396,7 @@ impl Table {
                     .set_expression_attribute_values(d.expression_attribute_values().cloned())
                     .send()
                     .await;
-                match call {
-                    Ok(_) => Ok(()),
-                    Err(e)
-                        if e.as_service_error()
-                            .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-                    {
-                        Err(conflict())
-                    }
-                    Err(e) => Err(from_sdk("DeleteItem", &e)),
-                }
+                conditional("DeleteItem", call.map(drop), conflict)
             }
             Request::Check(_) => self.transact(std::slice::from_ref(write), now_ms).await,
         }
@@ -449,6 +434,27 @@ impl Table {
             return Err(cancelled_error(writes, &codes));
         }
         Err(from_sdk("TransactWriteItems", &error))
+    }
+}
+
+/// A single conditional write's result: a failed condition is `conflict`.
+fn conditional<E>(
+    what: &str,
+    result: Result<(), SdkError<E, HttpResponse>>,
+    conflict: impl FnOnce() -> Error,
+) -> Result<(), Error>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match result {
+        Ok(()) => Ok(()),
+        Err(e)
+            if e.as_service_error().and_then(|s| s.code())
+                == Some("ConditionalCheckFailedException") =>
+        {
+            Err(conflict())
+        }
+        Err(e) => Err(from_sdk(what, &e)),
     }
 }
 

@@ -10,7 +10,8 @@
 //! - [`fakes`]: plugins and a deploy target in process, counting effects by
 //!   idempotency key; [`TestEngine`]: an engine over a fresh embedded store
 //!   with them.
-//! - [`moto`]: this process's `moto_server` for the AWS backend's tests.
+//! - [`moto`]: this process's moto server for the AWS backend's tests;
+//!   [`free_port`], [`unique_name`] for what runs beside it.
 
 mod fake_app;
 pub mod fakes;
@@ -24,7 +25,7 @@ use gantry_store_sqlite::{Options, SqliteBackend};
 
 pub use fake_app::FakeApp;
 pub use fakes::{FakeDeployer, FakePlugins};
-pub use moto::{moto, unique_name};
+pub use moto::{free_port, moto, unique_name};
 
 /// An engine over a fresh embedded store in a temporary dir, with fake
 /// plugins and a fake deploy target.

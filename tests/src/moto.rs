@@ -20,7 +20,8 @@ struct Moto {
 
 static MOTO: OnceLock<Moto> = OnceLock::new();
 
-fn free_port() -> u16 {
+/// A loopback port free right now (the caller binds it soon after).
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -28,13 +28,6 @@ const MERGES: u32 = 30;
 /// Merges whose artifact fails its canary in production.
 const FAULTY: [u32; 3] = [7, 15, 24];
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 /// The signed delivery of push `n` or merge `n`: (event, body).
 fn delivery(n: u32, merge: bool) -> (&'static str, Vec<u8>, String) {
     let sha = format!(
@@ -132,7 +125,7 @@ async fn a_receiver_and_three_workers_survive_kills_and_a_pause() {
         args.extend(extra.iter().map(|s| s.to_string()));
         args
     };
-    let port = free_port().to_string();
+    let port = gantry_tests::free_port().to_string();
     let receiver_args = args(
         "receiver",
         "receiver",

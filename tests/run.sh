@@ -13,6 +13,15 @@ echo "== moto_server, for the AWS backend's tests (each test process starts its 
 python3 -m pip install --quiet --disable-pip-version-check 'moto[server]>=5.2,<6'
 command -v moto_server >/dev/null || { echo "moto_server is not on PATH after pip install" >&2; exit 1; }
 
+echo "== PostgreSQL binaries, for the migration tests (each test process runs its own cluster)"
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql
+fi
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || {
+  echo "initdb is not installed after apt-get install postgresql" >&2
+  exit 1
+}
+
 echo "== format"
 cargo fmt --all -- --check
 cargo fmt --manifest-path plugins/Cargo.toml --all -- --check
@@ -35,4 +44,4 @@ echo "== clippy (host workspace, with the AWS backend)"
 cargo clippy --locked --workspace --all-targets --features gantry-cli/aws -- -D warnings
 
 echo "== tests (the CLI's with --features aws: its tests run the binary on both backends)"
-cargo test --locked --workspace --features gantry-cli/aws
+cargo test --locked --no-fail-fast --workspace --features gantry-cli/aws

@@ -26,6 +26,7 @@ use gantry_store_sqlite::{Options, SqliteBackend};
 pub use fake_app::FakeApp;
 pub use fakes::{FakeDeployer, FakePlugins};
 pub use moto::{free_port, moto, unique_name};
+pub mod postgres;
 
 /// An engine over a fresh embedded store in a temporary dir, with fake
 /// plugins and a fake deploy target.

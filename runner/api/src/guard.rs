@@ -52,7 +52,7 @@ pub fn action_of(method: &Method, route: &str) -> Option<Action<'static>> {
         ("POST", "/api/events") => Action::Submit,
         ("POST", "/api/runs/{id}/decisions") => Action::Decide { environment: None },
         ("POST", "/api/environments/{env}/release") => Action::Release { environment: None },
-        ("POST", "/api/dlq/{id}/retry") => Action::Redrive,
+        ("POST", "/api/dlq/{id}/retry" | "/api/queue/redrive") => Action::Redrive,
         _ => return None,
     };
     Some(action)
@@ -241,6 +241,7 @@ mod tests {
             "/api/runs/{id}/decisions",
             "/api/environments/{env}/release",
             "/api/dlq/{id}/retry",
+            "/api/queue/redrive",
             "/api/tokens",
             "/api/tokens/{id}/revoke",
         ];

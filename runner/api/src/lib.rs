@@ -10,8 +10,9 @@
 //! | `GET /api/evidence/{sha}` | the evidence ledger of a commit |
 //! | `GET /api/environments` | environment state: current, previous, holder, held |
 //! | `POST /api/environments/{env}/release` | `{"pipeline"?}`: clear a hold |
-//! | `GET /api/dlq?limit=&after=` | `{"dead_letters": [...], "next"}`, oldest first |
+//! | `GET /api/dlq?limit=&after=` | `{"dead_letters": [...], "next", "queue"}`, oldest first; `queue` (first page only): `{"max_receives", "dead_letters"}`, what the queue itself gave up on |
 //! | `POST /api/dlq/{id}/retry` | put a dead letter's run back where it was |
+//! | `POST /api/queue/redrive` | `{"id"?}`: put the queue's own dead letters (`queue` in `GET /api/dlq`) back on it |
 //! | `GET /api/tokens` | every token (never a secret) |
 //! | `POST /api/tokens` | `{"user","role","environments"?,"expires_in_secs"?}`: the new token, shown once |
 //! | `POST /api/tokens/{id}/revoke` | revoke a token |
@@ -116,6 +117,7 @@ pub fn app(engine: Arc<Engine>, access: Arc<Access>) -> Router {
         .route("/api/environments/{env}/release", post(release))
         .route("/api/dlq", get(dlq))
         .route("/api/dlq/{id}/retry", post(dlq_retry))
+        .route("/api/queue/redrive", post(queue_redrive))
         .route("/api/tokens", get(tokens).post(issue_token))
         .route("/api/tokens/{id}/revoke", post(revoke_token))
         .route("/api/audit", get(audit))
@@ -355,7 +357,7 @@ async fn dlq(
     Query(page): Query<PageQuery>,
 ) -> Result<Json<Value>, AppError> {
     let (letters, next) = engine
-        .dead_letters(page.limit.unwrap_or(100), page.after)
+        .dead_letters(page.limit.unwrap_or(100), page.after.clone())
         .await
         .map_err(unavailable)?;
     let entries: Vec<Value> = letters
@@ -374,7 +376,58 @@ async fn dlq(
             })
         })
         .collect();
-    Ok(Json(json!({ "dead_letters": entries, "next": next })))
+    let mut answer = json!({ "dead_letters": entries, "next": next });
+    if page.after.is_none() {
+        let (dead, max_receives) = engine
+            .queue_dead_letters(page.limit.unwrap_or(100))
+            .await
+            .map_err(unavailable)?;
+        answer["queue"] = json!({ "max_receives": max_receives, "dead_letters": dead });
+    }
+    Ok(Json(answer))
+}
+
+/// The body of `POST /api/queue/redrive`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RedriveRequest {
+    /// Only this message; every one when absent.
+    #[serde(default)]
+    id: Option<String>,
+}
+
+async fn queue_redrive(
+    State(AppState { engine, .. }): State<AppState>,
+    body: axum::body::Bytes,
+) -> Result<Response, Response> {
+    let request: RedriveRequest = if body.is_empty() {
+        RedriveRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| AppError(StatusCode::BAD_REQUEST, format!("body: {e}")).into_response())?
+    };
+    if let Some(id) = &request.id
+        && (id.is_empty() || id.len() > 256 || id.chars().any(char::is_control))
+    {
+        return Err(AppError(
+            StatusCode::BAD_REQUEST,
+            "id: a message id is 1 to 256 characters, none of them control characters".into(),
+        )
+        .into_response());
+    }
+    let note = Audited {
+        action: match &request.id {
+            Some(id) => format!("re-drive the queue's dead letter {id}"),
+            None => "re-drive the queue's dead letters".into(),
+        },
+        run: None,
+        environment: None,
+    };
+    let moved = engine
+        .redrive_queue(request.id.as_deref())
+        .await
+        .map_err(|e| audited(unavailable(e), note.clone()))?;
+    Ok(audited(Json(json!({ "redriven": moved })), note))
 }
 
 async fn dlq_retry(

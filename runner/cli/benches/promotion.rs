@@ -187,11 +187,15 @@ async fn open(on: On) -> (Arc<dyn Backend>, tempfile::TempDir) {
                 table: name,
                 queue_url: created.queue_url,
             };
-            Arc::new(gantry_store_aws::AwsBackend::new(
-                &config,
-                location,
-                gantry_store::system_clock(),
-            ))
+            Arc::new(
+                gantry_store_aws::AwsBackend::connect(
+                    &config,
+                    location,
+                    gantry_store::system_clock(),
+                )
+                .await
+                .expect("connect"),
+            )
         }
     };
     (backend, dir)
@@ -428,19 +432,67 @@ fn on(backend: &str) -> bool {
     std::env::var("GANTRY_BENCH_BACKEND").map_or(true, |only| only == backend)
 }
 
+/// One backend's figures, for the table that puts both side by side.
+#[derive(Debug, Default, Clone, Copy)]
+struct Figures {
+    /// Median step transition.
+    transition: Option<Duration>,
+    /// Median full promotion.
+    promotion: Option<Duration>,
+    /// Full promotions per second, many at once.
+    per_second: Option<f64>,
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let world = example().await;
-    if on("embedded") {
-        embedded(&world).await;
-    }
+    let embedded_figures = if on("embedded") {
+        embedded(&world).await
+    } else {
+        Figures::default()
+    };
     #[cfg(feature = "aws")]
     if on("aws") {
-        aws(&world).await;
+        let aws_figures = aws(&world).await;
+        side_by_side(&embedded_figures, &aws_figures);
     }
+    #[cfg(not(feature = "aws"))]
+    let _ = embedded_figures;
 }
 
-async fn embedded(world: &Example) {
+/// Both backends' figures of this run, and the ratio between them.
+#[cfg(feature = "aws")]
+fn side_by_side(embedded: &Figures, aws: &Figures) {
+    println!("both backends, this run (embedded: the default, fsync'd; AWS: moto, emulated):");
+    let time = |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.2} ms", ms(d)));
+    let ratio = |a: Option<f64>, e: Option<f64>| match (a, e) {
+        (Some(a), Some(e)) if e > 0.0 => format!("{:.0}×", a / e),
+        _ => "-".to_string(),
+    };
+    let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
+    println!(
+        "  step transition: embedded {}, AWS {} ({} slower)",
+        time(embedded.transition),
+        time(aws.transition),
+        ratio(secs(aws.transition), secs(embedded.transition))
+    );
+    println!(
+        "  full promotion: embedded {}, AWS {} ({} slower)",
+        time(embedded.promotion),
+        time(aws.promotion),
+        ratio(secs(aws.promotion), secs(embedded.promotion))
+    );
+    let rate = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.1}/s"));
+    println!(
+        "  promotions at once: embedded {}, AWS {} ({} fewer)",
+        rate(embedded.per_second),
+        rate(aws.per_second),
+        ratio(embedded.per_second, aws.per_second)
+    );
+}
+
+async fn embedded(world: &Example) -> Figures {
+    let mut figures = Figures::default();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut bare = bare_commit(dir.path(), 5_000);
     let (bare_median, bare_p99) = summary(&mut bare);
@@ -449,6 +501,7 @@ async fn embedded(world: &Example) {
     );
     if runs("transition") {
         let mut step = transitions(world, On::Embedded { fsync: false }, 5_000).await;
+        figures.transition = Some(percentile(&mut step, 0.5));
         let (step_median, step_p99) = summary(&mut step);
         println!(
             "step transition through the handler (receive, read run, gate, record, checkpoint): median {step_median:.1} µs, p99 {step_p99:.1} µs (5,000 samples); {:.1}× a bare commit",
@@ -467,6 +520,9 @@ async fn embedded(world: &Example) {
         if runs("promotion") {
             let mut full = full_promotions(world, on, 1_000).await;
             let median = percentile(&mut full, 0.5);
+            if fsync {
+                figures.promotion = Some(median);
+            }
             println!(
                 "[{label}] full promotion dev→staging→production: median {:.2} ms, p99 {:.2} ms (1,000 promotions); {:.0}× a bare commit",
                 ms(median),
@@ -477,6 +533,9 @@ async fn embedded(world: &Example) {
         if runs("throughput") {
             let artifacts = 1_000;
             let took = throughput(world, on, artifacts).await;
+            if fsync {
+                figures.per_second = Some(artifacts as f64 / took.as_secs_f64());
+            }
             println!(
                 "[{label}] throughput: {artifacts} artifacts at once in {:.2} s: {:.0} full promotions/s ({} runs)",
                 took.as_secs_f64(),
@@ -485,12 +544,14 @@ async fn embedded(world: &Example) {
             );
         }
     }
+    figures
 }
 
 /// The same on the AWS backend on moto (emulated), fewer times, then the
 /// requests and dollars of one promotion.
 #[cfg(feature = "aws")]
-async fn aws(world: &Example) {
+async fn aws(world: &Example) -> Figures {
+    let mut figures = Figures::default();
     let label = "[AWS backend on moto, emulated]";
     let (backend, _dir) = open(On::Aws).await;
     let value = vec![7u8; 3000];
@@ -511,6 +572,7 @@ async fn aws(world: &Example) {
     );
     if runs("transition") {
         let mut step = transitions(world, On::Aws, 300).await;
+        figures.transition = Some(percentile(&mut step, 0.5));
         let (step_median, step_p99) = summary(&mut step);
         println!(
             "{label} step transition through the handler: median {step_median:.1} µs, p99 {step_p99:.1} µs (300 samples); {:.1}× a bare UpdateItem",
@@ -520,6 +582,7 @@ async fn aws(world: &Example) {
     if runs("promotion") {
         let mut full = full_promotions(world, On::Aws, 30).await;
         let median = percentile(&mut full, 0.5);
+        figures.promotion = Some(median);
         println!(
             "{label} full promotion: median {:.0} ms, p99 {:.0} ms (30 promotions); {:.0}× a bare UpdateItem",
             ms(median),
@@ -530,6 +593,7 @@ async fn aws(world: &Example) {
     if runs("throughput") {
         let artifacts = 50;
         let took = throughput(world, On::Aws, artifacts).await;
+        figures.per_second = Some(artifacts as f64 / took.as_secs_f64());
         println!(
             "{label} throughput: {artifacts} artifacts at once in {:.1} s: {:.1} full promotions/s",
             took.as_secs_f64(),
@@ -539,6 +603,7 @@ async fn aws(world: &Example) {
     if runs("cost") {
         cost(world).await;
     }
+    figures
 }
 
 /// Requests, capacity units and dollars of one promotion on the AWS

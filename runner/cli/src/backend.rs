@@ -77,7 +77,9 @@ async fn aws(table: &str, queue_url: &str) -> anyhow::Result<Arc<dyn Backend>> {
     // table write and its queue sends.
     let crash = gantry_engine::CrashPoints::from_env();
     let backend =
-        gantry_store_aws::AwsBackend::new(&config, location, gantry_store::system_clock())
+        gantry_store_aws::AwsBackend::connect(&config, location, gantry_store::system_clock())
+            .await
+            .with_context(|| format!("the AWS backend (table {table}, queue {queue_url})"))?
             .after_writes(move || crash.reached(gantry_engine::CrashPoint::Written));
     Ok(Arc::new(backend))
 }

@@ -132,6 +132,15 @@ pub enum DlqCommand {
         #[arg(long)]
         all: bool,
     },
+    /// Put a message the queue itself gave up on (listed under "the queue
+    /// gave up on") back on the queue, or every one with `--all`.
+    Redrive {
+        /// The message's id.
+        id: Option<String>,
+        /// Every message the queue gave up on.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 struct Client {
@@ -529,6 +538,23 @@ pub async fn dlq(server: ServerArgs, command: DlqCommand) -> anyhow::Result<Exit
                     e["error"].as_str().unwrap_or("-")
                 );
             }
+            print_queue_dead_letters(&list["queue"]);
+        }
+        DlqCommand::Redrive { id, all } => {
+            let body = match (id, all) {
+                (Some(id), false) => json!({ "id": id }),
+                (None, true) => json!({}),
+                _ => return Err(anyhow!("give a message id or --all")),
+            };
+            let answer = client.post("/api/queue/redrive", body).await?;
+            if server.json {
+                print_json(&answer);
+            } else {
+                say!(
+                    "put {} message(s) back on the queue",
+                    answer["redriven"].as_u64().unwrap_or(0)
+                );
+            }
         }
         DlqCommand::Retry { id, all } => {
             let ids: Vec<String> = match (id, all) {
@@ -558,6 +584,38 @@ pub async fn dlq(server: ServerArgs, command: DlqCommand) -> anyhow::Result<Exit
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The messages the queue itself gave up on, as `GET /api/dlq` lists them.
+fn print_queue_dead_letters(queue: &Value) {
+    let Some(max_receives) = queue["max_receives"].as_u64() else {
+        say!("the queue has no dead-letter queue: it never gives up on a message");
+        return;
+    };
+    let dead = queue["dead_letters"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if dead.is_empty() {
+        say!("the queue gave up on no message (it does after {max_receives} receives)");
+        return;
+    }
+    say!(
+        "the queue gave up on {} message(s) after {max_receives} receives (put back with `gantry dlq redrive ID` or `--all`):",
+        dead.len()
+    );
+    for d in dead {
+        let what = match (d["run"].as_str(), d["review"].as_str()) {
+            (Some(run), _) => format!("run {run}"),
+            (None, Some(review)) => format!("review {review}"),
+            (None, None) => "not an engine message".to_string(),
+        };
+        say!(
+            "{}  {what}\n    {}",
+            d["id"].as_str().unwrap_or("?"),
+            d["message"].as_str().unwrap_or("-")
+        );
+    }
 }
 
 /// `text` as one URL path segment or query value.

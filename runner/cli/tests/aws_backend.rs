@@ -148,3 +148,99 @@ async fn a_receiver_and_two_workers_share_the_work() {
     }
     drop(workers);
 }
+
+/// `gantry dlq` with the `--server` and token of harness `h`.
+fn dlq(h: &Harness, args: &[&str]) -> String {
+    let base = &h.server.as_ref().expect("server started").base;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .arg("dlq")
+        .args(args)
+        .args(["--server", base, "--token", ADMIN_TOKEN])
+        .output()
+        .expect("run gantry dlq");
+    assert!(
+        out.status.success(),
+        "gantry dlq {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_sqs_gave_up_on_is_listed_and_redriven() {
+    use gantry_store::{Outgoing, Queue};
+
+    let mut h = Harness::new(|t| t).await;
+    (h.env, h.args) = backend();
+    // The API only: no worker takes the message while consumers "die".
+    h.args.extend(["--workers", "0"].map(String::from));
+    h.start(&[]);
+    let flag = |name: &str| {
+        let at = h.args.iter().position(|a| a == name).expect(name);
+        h.args[at + 1].clone()
+    };
+    let emulator = gantry_store_aws::Emulator {
+        endpoint: gantry_tests::moto(),
+    };
+    let config = gantry_store_aws::sdk_config(Some(&emulator)).await;
+    let location = gantry_store_aws::Location {
+        table: flag("--dynamodb-table"),
+        queue_url: flag("--sqs-queue-url"),
+    };
+    let queue =
+        gantry_store_aws::AwsBackend::connect(&config, location, gantry_store::system_clock())
+            .await
+            .expect("connect");
+    // A run's message whose every consumer dies before acking it.
+    let body = json!({"type": "advance", "run": "run-that-kills-workers", "wake": 7});
+    queue
+        .send(Outgoing::now(body.to_string().into_bytes()))
+        .await
+        .expect("send");
+    let mut receives = 0;
+    loop {
+        let got = queue
+            .receive(1, Duration::from_secs(30), Duration::from_secs(1))
+            .await
+            .expect("receive");
+        let Some(message) = got.first() else { break };
+        receives += 1;
+        assert!(receives <= 50, "SQS never gave up on the message");
+        queue
+            .release(&message.receipt, Duration::ZERO)
+            .await
+            .expect("release");
+    }
+    assert_eq!(receives, 50, "`backend init` sets maxReceiveCount 50");
+
+    let listed = dlq(&h, &["list"]);
+    assert!(
+        listed.contains("the queue gave up on 1 message(s) after 50 receives")
+            && listed.contains("run run-that-kills-workers"),
+        "{listed}"
+    );
+    let (_, json) = h.api(Method::GET, "/api/dlq", None).await;
+    let id = json["queue"]["dead_letters"][0]["id"]
+        .as_str()
+        .expect("the message's id")
+        .to_string();
+    assert!(dlq(&h, &["redrive", "not-that-one"]).contains("put 0 message(s) back"));
+    assert!(dlq(&h, &["redrive", &id]).contains("put 1 message(s) back"));
+    assert!(dlq(&h, &["list"]).contains("the queue gave up on no message"));
+    let (_, audit) = h.api(Method::GET, "/api/audit?limit=10", None).await;
+    assert!(
+        audit
+            .to_string()
+            .contains(&format!("re-drive the queue's dead letter {id}")),
+        "{audit}"
+    );
+    let back = queue
+        .receive(1, Duration::from_secs(30), Duration::from_secs(5))
+        .await
+        .expect("receive");
+    assert_eq!(back.len(), 1, "the re-driven message is on the queue");
+    assert_eq!(
+        (back[0].receive_count, &back[0].body),
+        (1, &body.to_string().into_bytes())
+    );
+}

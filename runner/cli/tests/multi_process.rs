@@ -284,7 +284,9 @@ impl Client {
             .http
             .request(method, format!("{}{path}", self.base))
             .bearer_auth(token)
-            .timeout(Duration::from_secs(10));
+            // Listing 200 runs reads each from the table: on a slow
+            // emulator busy with three workers that took over 10 s.
+            .timeout(Duration::from_secs(60));
         if let Some(body) = body {
             request = request
                 .header("content-type", "application/json")

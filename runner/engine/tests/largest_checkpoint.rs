@@ -18,8 +18,8 @@ use gantry_engine::model::{Run, RunStatus, StepStatus};
 use gantry_engine::{Engine, EngineConfig};
 use gantry_plugin_api::{Decision, Observation, Verdict};
 use gantry_store::{
-    Backend, Capabilities, Checkpoint, Depth, Error, Item, Key, ListQuery, Outgoing, Page, Queue,
-    Receipt, Received, Store, Write,
+    Backend, Capabilities, Checkpoint, DeadLettered, Depth, Error, Item, Key, ListQuery, Outgoing,
+    Page, Queue, Receipt, Received, Store, Write,
 };
 use gantry_store_sqlite::{Options, SqliteBackend};
 use serde_json::json;
@@ -96,6 +96,14 @@ impl Queue for Measuring {
     }
     async fn depth(&self) -> Result<Depth, Error> {
         self.inner.depth().await
+    }
+
+    async fn dead_lettered(&self, max: usize) -> Result<Vec<DeadLettered>, Error> {
+        self.inner.dead_lettered(max).await
+    }
+
+    async fn redrive(&self, only: Option<&str>) -> Result<u64, Error> {
+        self.inner.redrive(only).await
     }
 }
 

@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use gantry_engine::model::{Run, RunStatus, StepStatus};
 use gantry_engine::{Engine, EngineConfig};
 use gantry_store::{
-    Backend, Capabilities, Checkpoint, Depth, Error, Item, Key, ListQuery, Outgoing, Page, Queue,
-    Receipt, Received, Store, Write,
+    Backend, Capabilities, Checkpoint, DeadLettered, Depth, Error, Item, Key, ListQuery, Outgoing,
+    Page, Queue, Receipt, Received, Store, Write,
 };
 use gantry_store_sqlite::{Options, SqliteBackend};
 use serde_json::json;
@@ -62,6 +62,14 @@ impl Queue for Split {
     }
     async fn depth(&self) -> Result<Depth, Error> {
         self.0.depth().await
+    }
+
+    async fn dead_lettered(&self, max: usize) -> Result<Vec<DeadLettered>, Error> {
+        self.0.dead_lettered(max).await
+    }
+
+    async fn redrive(&self, only: Option<&str>) -> Result<u64, Error> {
+        self.0.redrive(only).await
     }
 }
 

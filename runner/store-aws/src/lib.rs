@@ -8,6 +8,7 @@
 //! `AWS_ENDPOINT_URL` for an emulator), over one rustls + ring HTTPS
 //! client, the one octocrab uses too.
 
+mod deadletter;
 mod errors;
 mod init;
 mod queue;
@@ -20,8 +21,8 @@ use async_trait::async_trait;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_dynamodb::config::Credentials;
 use gantry_store::{
-    Backend, Capabilities, Checkpoint, Clock, Depth, Error, Item, Key, ListQuery, Outgoing, Page,
-    Queue, Receipt, Received, Store, Write, check_batch,
+    Backend, Capabilities, Checkpoint, Clock, DeadLettered, Depth, Error, Item, Key, ListQuery,
+    Outgoing, Page, Queue, Receipt, Received, Store, Write, check_batch,
 };
 
 pub use init::{Created, create};
@@ -68,25 +69,42 @@ type Hook = Arc<dyn Fn() + Send + Sync>;
 pub struct AwsBackend {
     table: table::Table,
     queue: queue::SqsQueue,
+    dead_letters: Option<deadletter::DeadLetterQueue>,
     clock: Arc<dyn Clock>,
     after_writes: Option<Hook>,
 }
 
 impl AwsBackend {
     /// The backend at `location` with `config`'s clients, timed by `clock`.
-    pub fn new(config: &SdkConfig, location: Location, clock: Arc<dyn Clock>) -> Self {
-        AwsBackend {
+    /// Reads the queue's redrive policy: its dead-letter queue is where
+    /// [`Queue::dead_lettered`] looks.
+    pub async fn connect(
+        config: &SdkConfig,
+        location: Location,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, Error> {
+        let sqs = aws_sdk_sqs::Client::new(config);
+        let dead_letters = deadletter::of(&sqs, &location.queue_url).await?;
+        if dead_letters.is_none() {
+            tracing::warn!(
+                queue = %location.queue_url,
+                "the queue has no redrive policy: a message no worker ever finishes \
+                 is received forever (see `gantry backend init`)"
+            );
+        }
+        Ok(AwsBackend {
             table: table::Table {
                 client: aws_sdk_dynamodb::Client::new(config),
                 name: location.table,
             },
             queue: queue::SqsQueue {
-                client: aws_sdk_sqs::Client::new(config),
+                client: sqs,
                 url: location.queue_url,
             },
+            dead_letters,
             clock,
             after_writes: None,
-        }
+        })
     }
 
     /// Calls `hook` in every checkpoint between its writes and its sends:
@@ -109,8 +127,9 @@ impl AwsBackend {
 /// (`runner/engine/tests/largest_checkpoint.rs`).
 pub const MAX_ITEM_BYTES: usize = 300_000;
 
-/// DynamoDB's and SQS's limits, with room for the attribute names.
-fn capabilities() -> Capabilities {
+/// DynamoDB's and SQS's limits, with room for the attribute names, and
+/// `max_receives` as the queue's redrive policy says.
+fn capabilities(max_receives: Option<u32>) -> Capabilities {
     Capabilities {
         atomic_checkpoint: false,
         single_process: false,
@@ -122,6 +141,7 @@ fn capabilities() -> Capabilities {
         max_delay: Some(queue::MAX_DELAY),
         delay_granularity: Duration::from_secs(1),
         max_visibility: queue::MAX_VISIBILITY,
+        max_receives,
     }
 }
 
@@ -136,7 +156,7 @@ impl Store for AwsBackend {
     }
 
     async fn write(&self, writes: Vec<Write>) -> Result<(), Error> {
-        check_batch(&writes, &capabilities())?;
+        check_batch(&writes, &self.capabilities())?;
         self.table.write(&writes, self.now()).await
     }
 
@@ -175,16 +195,33 @@ impl Queue for AwsBackend {
     async fn depth(&self) -> Result<Depth, Error> {
         self.queue.depth().await
     }
+
+    async fn dead_lettered(&self, max: usize) -> Result<Vec<DeadLettered>, Error> {
+        match &self.dead_letters {
+            Some(dead) => dead.list(&self.queue.client, max).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    async fn redrive(&self, only: Option<&str>) -> Result<u64, Error> {
+        match &self.dead_letters {
+            Some(dead) => {
+                dead.redrive(&self.queue.client, &self.queue.url, only)
+                    .await
+            }
+            None => Ok(0),
+        }
+    }
 }
 
 #[async_trait]
 impl Backend for AwsBackend {
     fn capabilities(&self) -> Capabilities {
-        capabilities()
+        capabilities(self.dead_letters.as_ref().map(|d| d.max_receives))
     }
 
     async fn checkpoint(&self, checkpoint: Checkpoint) -> Result<(), Error> {
-        check_batch(&checkpoint.writes, &capabilities())?;
+        check_batch(&checkpoint.writes, &self.capabilities())?;
         for message in &checkpoint.send {
             if message.body.len() > queue::MAX_MESSAGE_BYTES {
                 return Err(Error::TooLarge {

@@ -16,14 +16,15 @@ async fn fresh() -> Arc<dyn Backend> {
     let created = create(&config, &name, &name)
         .await
         .expect("create the table and queue");
-    Arc::new(AwsBackend::new(
-        &config,
-        Location {
-            table: name,
-            queue_url: created.queue_url,
-        },
-        gantry_store::system_clock(),
-    ))
+    let location = Location {
+        table: name,
+        queue_url: created.queue_url,
+    };
+    Arc::new(
+        AwsBackend::connect(&config, location, gantry_store::system_clock())
+            .await
+            .expect("connect"),
+    )
 }
 
 gantry_store::conformance_tests!(fresh());

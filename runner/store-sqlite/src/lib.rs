@@ -35,8 +35,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use gantry_store::{
-    Backend, Capabilities, Checkpoint, Clock, Depth, Error, Item, Key, ListQuery, Outgoing, Page,
-    Precondition, Put, Queue, Receipt, Received, Store, Write, check_batch, decode_counter,
+    Backend, Capabilities, Checkpoint, Clock, DeadLettered, Depth, Error, Item, Key, ListQuery,
+    Outgoing, Page, Precondition, Put, Queue, Receipt, Received, Store, Write, check_batch,
+    decode_counter,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::Notify;
@@ -85,7 +86,15 @@ fn private_file(path: &Path) -> Result<(), Error> {
 }
 
 /// The schema version this code writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
+
+/// What brings a database of version N-1 (the index) up to N, for each
+/// version since the first one that a release wrote.
+const UPGRADES: &[(i64, &str)] = &[(3, DEAD_MESSAGES)];
+
+/// Receives of one message before the queue gives up on it (the engine
+/// dead-letters at its own, lower, count).
+pub const MAX_RECEIVES: u32 = 50;
 
 /// Expired items deleted per clean-up, and how many write transactions
 /// pass between clean-ups.
@@ -140,6 +149,16 @@ CREATE TABLE messages (
 CREATE INDEX messages_due ON messages(visible_at);
 ";
 
+/// Messages the queue gave up on (version 3).
+const DEAD_MESSAGES: &str = "
+CREATE TABLE dead_messages (
+    id INTEGER PRIMARY KEY,
+    body BLOB NOT NULL,
+    receive_count INTEGER NOT NULL,
+    dead_at INTEGER NOT NULL
+);
+";
+
 /// What this backend promises. The item and batch limits are DynamoDB's,
 /// so a pipeline that runs here also fits the distributed backend.
 pub fn capabilities() -> Capabilities {
@@ -154,6 +173,7 @@ pub fn capabilities() -> Capabilities {
         max_delay: None,
         delay_granularity: Duration::from_millis(1),
         max_visibility: Duration::from_secs(12 * 3600),
+        max_receives: Some(MAX_RECEIVES),
     }
 }
 
@@ -278,17 +298,34 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), Error> {
         [],
         |r| r.get(0),
     )?;
-    if version != 0 || tables > 0 {
+    if version == 0 && tables == 0 {
+        return conn
+            .execute_batch(&format!(
+                "BEGIN; {SCHEMA} {DEAD_MESSAGES} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            ))
+            .map_err(db_error);
+    }
+    let first_upgradable = UPGRADES.first().map_or(SCHEMA_VERSION, |(to, _)| to - 1);
+    if version < first_upgradable || version > SCHEMA_VERSION {
         return Err(Error::Corrupt(format!(
-            "{} has schema version {version}; this Gantry reads version {SCHEMA_VERSION}: \
-             start it with a new --data-dir",
+            "{} has schema version {version}; this Gantry reads versions \
+             {first_upgradable} to {SCHEMA_VERSION}: start it with a new --data-dir",
             path.display()
         )));
     }
-    conn.execute_batch(&format!(
-        "BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-    ))
-    .map_err(db_error)
+    let steps: String = UPGRADES
+        .iter()
+        .filter(|(to, _)| *to > version)
+        .map(|(to, sql)| format!("{sql} PRAGMA user_version = {to};"))
+        .collect();
+    tracing::info!(
+        from = version,
+        to = SCHEMA_VERSION,
+        "upgrading {}",
+        path.display()
+    );
+    conn.execute_batch(&format!("BEGIN; {steps} COMMIT;"))
+        .map_err(db_error)
 }
 
 /// A 32 MiB page cache (the default is 2 MiB), and room in the statement
@@ -789,6 +826,41 @@ impl Queue for SqliteBackend {
             )
         })
     }
+
+    async fn dead_lettered(&self, max: usize) -> Result<Vec<DeadLettered>, Error> {
+        self.with(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT id, body, receive_count FROM dead_messages
+                     ORDER BY dead_at, id LIMIT ?1",
+                )
+                .map_err(db_error)?;
+            stmt.query_map(params![max.min(i64::MAX as usize) as i64], |r| {
+                Ok(DeadLettered {
+                    id: r.get::<_, i64>(0)?.to_string(),
+                    body: r.get(1)?,
+                    receive_count: r.get(2)?,
+                })
+            })
+            .map_err(db_error)?
+            .collect::<Result<_, _>>()
+            .map_err(db_error)
+        })
+    }
+
+    async fn redrive(&self, only: Option<&str>) -> Result<u64, Error> {
+        let only = match only.map(str::parse::<i64>) {
+            None => None,
+            Some(Ok(id)) => Some(id),
+            Some(Err(_)) => return Ok(0),
+        };
+        let now = self.now();
+        let moved = self.with(|conn| redrive_in(conn, only, now))?;
+        if moved > 0 {
+            self.arrived.notify_waiters();
+        }
+        Ok(moved)
+    }
 }
 
 /// Takes up to `max` due messages. Also returns when the next invisible
@@ -816,6 +888,10 @@ fn receive_now(
             .collect::<Result<_, _>>()
             .map_err(db_error)?;
         for (id, body, count, receipt) in rows {
+            if count >= MAX_RECEIVES {
+                give_up(&tx, id, now)?;
+                continue;
+            }
             let (count, nonce) = (count + 1, receipt + 1);
             exec(
                 &tx,
@@ -840,6 +916,41 @@ fn receive_now(
     };
     tx.commit()?;
     Ok((got, next_due))
+}
+
+/// Moves message `id` to the dead letters.
+fn give_up(tx: &Connection, id: i64, now: i64) -> Result<(), Error> {
+    exec(
+        tx,
+        "INSERT INTO dead_messages (id, body, receive_count, dead_at)
+         SELECT id, body, receive_count, ?2 FROM messages WHERE id = ?1",
+        params![id, now],
+    )?;
+    exec(tx, "DELETE FROM messages WHERE id = ?1", params![id])?;
+    tracing::error!(
+        message = id,
+        receives = MAX_RECEIVES,
+        "the queue gave up on a message; see `gantry dlq list`"
+    );
+    Ok(())
+}
+
+/// Puts the dead letters (only `only`, when given) back on the queue.
+fn redrive_in(conn: &mut Connection, only: Option<i64>, now: i64) -> Result<u64, Error> {
+    let tx = WriteTx::begin(conn)?;
+    let moved = exec(
+        &tx,
+        "INSERT INTO messages (body, visible_at)
+         SELECT body, ?2 FROM dead_messages WHERE ?1 IS NULL OR id = ?1 ORDER BY dead_at, id",
+        params![only, now],
+    )?;
+    exec(
+        &tx,
+        "DELETE FROM dead_messages WHERE ?1 IS NULL OR id = ?1",
+        params![only],
+    )?;
+    tx.commit()?;
+    Ok(moved as u64)
 }
 
 /// Whether `checkpoint` can be refused after it has written something: a
@@ -964,6 +1075,57 @@ impl Backend for SqliteBackend {
                 results
             }
             Err(e) => (0..count).map(|_| Err(e.clone())).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A data dir holding a database of `version` with `SCHEMA`'s tables
+    /// and one queued message.
+    fn database_of(version: i64) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = Connection::open(dir.path().join("gantry.db")).expect("open");
+        conn.execute_batch(&format!(
+            "{SCHEMA} INSERT INTO messages (body, visible_at) VALUES (x'6b657074', 0);
+             PRAGMA user_version = {version};"
+        ))
+        .expect("the old schema");
+        dir
+    }
+
+    #[tokio::test]
+    async fn a_version_2_database_is_upgraded_keeping_its_messages() {
+        let dir = database_of(2);
+        let backend = SqliteBackend::open(dir.path(), Options::default()).expect("upgrade");
+        let got = backend
+            .receive(10, Duration::from_secs(30), Duration::ZERO)
+            .await
+            .expect("receive");
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].body, b"kept");
+        assert!(backend.dead_lettered(10).await.expect("dead").is_empty());
+        let version: i64 = backend
+            .with(|conn| query_row(conn, "PRAGMA user_version", [], |r| r.get(0)))
+            .expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn a_database_of_an_unknown_version_is_refused_naming_its_file() {
+        for version in [1, SCHEMA_VERSION + 1] {
+            let dir = database_of(version);
+            let Err(error) = SqliteBackend::open(dir.path(), Options::default()) else {
+                panic!("version {version} was opened");
+            };
+            let text = error.to_string();
+            assert!(text.contains("gantry.db"), "{text}");
+            assert!(
+                text.contains(&format!("schema version {version}")),
+                "{text}"
+            );
         }
     }
 }

@@ -601,6 +601,50 @@ pub async fn acks_are_best_effort(b: Arc<dyn Backend>) {
     assert!(receive_one(&b, visibility, visibility * 2).await.is_none());
 }
 
+pub async fn messages_received_too_often_are_dead_lettered_and_redriven(b: Arc<dyn Backend>) {
+    let max = b
+        .capabilities()
+        .max_receives
+        .expect("the suite runs on a queue that gives up (max_receives)");
+    b.send(Outgoing::now(b"doomed".to_vec())).await.unwrap();
+    let mut id = None;
+    for n in 1..=max {
+        let got = receive_one(&b, Duration::from_secs(30), Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("receive {n} of {max} found nothing"));
+        assert_eq!(got.body, b"doomed");
+        assert_eq!(got.receive_count, n);
+        id.get_or_insert(got.id.clone());
+        b.release(&got.receipt, Duration::ZERO).await.unwrap();
+    }
+    assert!(
+        receive_one(&b, Duration::from_secs(30), tick(&b) * 2)
+            .await
+            .is_none(),
+        "a message received max_receives times came again"
+    );
+    let id = id.unwrap();
+    for look in ["first", "second"] {
+        let dead = b.dead_lettered(10).await.unwrap();
+        assert_eq!(dead.len(), 1, "{look} look: {dead:?}");
+        assert_eq!(
+            (dead[0].id.as_str(), &dead[0].body[..]),
+            (id.as_str(), &b"doomed"[..])
+        );
+        assert!(dead[0].receive_count >= max);
+    }
+    assert_eq!(b.redrive(Some("no-such-message")).await.unwrap(), 0);
+    assert_eq!(b.dead_lettered(10).await.unwrap().len(), 1);
+    assert_eq!(b.redrive(None).await.unwrap(), 1);
+    assert!(b.dead_lettered(10).await.unwrap().is_empty());
+    let back = receive_one(&b, Duration::from_secs(30), Duration::from_secs(5))
+        .await
+        .expect("a re-driven message never came");
+    assert_eq!((&back.body[..], back.receive_count), (&b"doomed"[..], 1));
+    b.ack(&back.receipt).await.unwrap();
+    assert_eq!(b.redrive(None).await.unwrap(), 0);
+}
+
 pub async fn checkpoints_apply_writes_sends_and_ack(b: Arc<dyn Backend>) {
     b.send(Outgoing::now(b"step".to_vec())).await.unwrap();
     let msg = receive_one(&b, Duration::from_secs(30), Duration::from_secs(5))

@@ -372,6 +372,19 @@ pub struct Received {
     pub receive_count: u32,
 }
 
+/// A message the queue gave up on: received
+/// [`Capabilities::max_receives`] times and never acked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLettered {
+    /// The message id it had on the queue.
+    pub id: String,
+    /// The body as sent.
+    pub body: Vec<u8>,
+    /// How many times it was received (approximate where the queue's
+    /// counts are).
+    pub receive_count: u32,
+}
+
 /// How many messages are where; approximate unless
 /// [`Capabilities::exact_depth`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -409,6 +422,10 @@ pub struct Capabilities {
     pub delay_granularity: Duration,
     /// The longest visibility a receive or an extension may ask for.
     pub max_visibility: Duration,
+    /// A message received this many times and never acked is moved to the
+    /// queue's dead letters ([`Queue::dead_lettered`]) instead of being
+    /// received again; `None`: never (an SQS queue with no redrive policy).
+    pub max_receives: Option<u32>,
 }
 
 /// Everything a handled message changes. A backend that retries a
@@ -485,8 +502,23 @@ pub trait Queue: Send + Sync {
     async fn release(&self, receipt: &Receipt, delay: Duration) -> Result<(), Error>;
 
     /// Counts messages by where they are; approximate unless the backend's
-    /// capabilities say `exact_depth`.
+    /// capabilities say `exact_depth`. Dead-lettered messages are not
+    /// counted.
     async fn depth(&self) -> Result<Depth, Error>;
+
+    /// Up to `max` of the messages the queue gave up on
+    /// ([`Capabilities::max_receives`]), oldest first where the queue
+    /// keeps an order, without taking them: they stay until
+    /// [`Queue::redrive`]. The backstop for messages whose consumer died
+    /// every time before the engine could dead-letter them itself.
+    async fn dead_lettered(&self, max: usize) -> Result<Vec<DeadLettered>, Error>;
+
+    /// Puts dead-lettered messages back on the queue as new messages (the
+    /// next receive counts 1): only the one with id `only`, or every one.
+    /// Each is sent before it is removed from the dead letters, so a crash
+    /// between leaves it in both, never in neither. Returns how many went
+    /// back.
+    async fn redrive(&self, only: Option<&str>) -> Result<u64, Error>;
 }
 
 /// A store and a queue that checkpoint together.
@@ -578,6 +610,7 @@ macro_rules! conformance_tests {
             extend_keeps_a_message_hidden,
             release_returns_a_message_after_its_delay,
             acks_are_best_effort,
+            messages_received_too_often_are_dead_lettered_and_redriven,
             checkpoints_apply_writes_sends_and_ack,
             a_refused_checkpoint_sends_and_acks_nothing,
             batched_checkpoints_are_independent,

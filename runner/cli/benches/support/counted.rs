@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use gantry_store::{
-    Backend, Capabilities, Checkpoint, Depth, Error, Item, Key, ListQuery, Outgoing, Page, Queue,
-    Receipt, Received, Store, Write,
+    Backend, Capabilities, Checkpoint, DeadLettered, Depth, Error, Item, Key, ListQuery, Outgoing,
+    Page, Queue, Receipt, Received, Store, Write,
 };
 
 /// US East list prices (on-demand DynamoDB, standard SQS), in dollars.
@@ -185,6 +185,16 @@ impl Queue for Counted {
     async fn depth(&self) -> Result<Depth, Error> {
         self.count(|t| t.request("GetQueueAttributes"));
         self.inner.depth().await
+    }
+
+    async fn dead_lettered(&self, max: usize) -> Result<Vec<DeadLettered>, Error> {
+        self.count(|t| t.request("ReceiveMessage"));
+        self.inner.dead_lettered(max).await
+    }
+
+    async fn redrive(&self, only: Option<&str>) -> Result<u64, Error> {
+        self.count(|t| t.request("ReceiveMessage"));
+        self.inner.redrive(only).await
     }
 }
 

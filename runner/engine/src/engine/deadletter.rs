@@ -300,3 +300,63 @@ impl Engine {
         Ok(Some(run_write(&run, item.version, due_at)))
     }
 }
+
+/// A message the queue itself gave up on (its consumer died every time
+/// before the engine could dead-letter it), as `gantry dlq list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct QueueDeadLetter {
+    /// The message's id on the queue.
+    pub id: String,
+    /// The run it advances, if it is a run's message.
+    pub run: Option<String>,
+    /// The review it looks at, if it is a review's message.
+    pub review: Option<String>,
+    /// Receives before the queue gave up.
+    pub receive_count: u32,
+    /// The body, cut to a readable length.
+    pub message: String,
+}
+
+impl Engine {
+    /// Up to `limit` messages the queue gave up on, and after how many
+    /// receives it does (`None`: it never does).
+    pub async fn queue_dead_letters(
+        &self,
+        limit: usize,
+    ) -> Result<(Vec<QueueDeadLetter>, Option<u32>), gantry_store::Error> {
+        let dead = self.backend.dead_lettered(limit.clamp(1, 1000)).await?;
+        let letters = dead
+            .into_iter()
+            .map(|d| {
+                let envelope: Option<Envelope> = serde_json::from_slice(&d.body).ok();
+                let (run, review) = match envelope.map(|e| e.message) {
+                    Some(Message::Advance { run, .. }) => (Some(run), None),
+                    Some(Message::Review { delivery, .. }) => (None, Some(delivery)),
+                    None => (None, None),
+                };
+                QueueDeadLetter {
+                    message: cap(
+                        &String::from_utf8_lossy(&d.body),
+                        bounded::MESSAGE,
+                        "queue dead letter",
+                        "-",
+                    ),
+                    id: d.id,
+                    run,
+                    review,
+                    receive_count: d.receive_count,
+                }
+            })
+            .collect();
+        Ok((letters, self.caps.max_receives))
+    }
+
+    /// Puts the messages the queue gave up on back on it (only `only`,
+    /// when given); returns how many. The engine handles each as new: a
+    /// run's stale message is dropped, a current one advances it.
+    pub async fn redrive_queue(&self, only: Option<&str>) -> Result<u64, gantry_store::Error> {
+        let moved = self.backend.redrive(only).await?;
+        tracing::info!(moved, only, "re-drove the queue's dead letters");
+        Ok(moved)
+    }
+}

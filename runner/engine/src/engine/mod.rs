@@ -17,7 +17,7 @@
 //! | `people` | approve, reject, release |
 //! | `reviews` | GitHub deployment protection rules |
 //! | `sweeper` | what recovers a lost message: due runs and reviews, free environments with waiters |
-//! | `deadletter` | dead letters in the store, and their retry |
+//! | `deadletter` | dead letters in the store, and their retry; the queue's own |
 //! | `queries` | reads for the API |
 
 mod advance;
@@ -57,6 +57,7 @@ use crate::metrics::Metrics;
 use crate::model::pipeline_key;
 use crate::report::DeploymentReporter;
 
+pub use deadletter::QueueDeadLetter;
 pub use intake::{Submitted, run_id_for};
 pub use people::{Decided, Released};
 pub use queries::{Counts, RunPage};
@@ -161,6 +162,13 @@ impl Engine {
     ) -> Self {
         // No queue keeps a message hidden longer than it allows.
         config.visibility = config.visibility.min(backend.capabilities().max_visibility);
+        // The engine dead-letters (and tells someone) before the queue's
+        // own backstop moves a message out of its sight.
+        if let Some(queue_gives_up) = backend.capabilities().max_receives
+            && queue_gives_up <= config.max_receives
+        {
+            config.max_receives = queue_gives_up.saturating_sub(1).max(1);
+        }
         let pipelines: Vec<Arc<Pipeline>> = pipelines
             .into_iter()
             .map(|mut p| {

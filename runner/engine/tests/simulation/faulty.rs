@@ -1,7 +1,9 @@
 //! A backend that keeps the promises of the store contract and no more, and
-//! breaks them where the contract allows, on a seeded schedule: state in
-//! SQLite (writes stay atomic, as DynamoDB's transactions are), a queue of
-//! its own in memory, on the simulation's clock. A checkpoint's writes,
+//! breaks them where the contract allows, on a seeded schedule: state in a
+//! real store (SQLite, or DynamoDB on moto: writes stay atomic, as
+//! DynamoDB's transactions are), a queue of its own in memory, on the
+//! simulation's clock (SQS's delays run on real time, which a simulation
+//! of hours in seconds cannot wait for). A checkpoint's writes,
 //! sends and ack apply one by one, and between any two of them the
 //! "process" may crash; sends and acks may be lost, messages duplicated,
 //! delayed, reordered, and timers delivered early. After a crash every
@@ -13,10 +15,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use gantry_store::{
-    Backend, Capabilities, Checkpoint, Clock, Depth, Error, Item, Key, ListQuery, Outgoing, Page,
-    Queue, Receipt, Received, Store, Write,
+    Backend, Capabilities, Checkpoint, Clock, DeadLettered, Depth, Error, Item, Key, ListQuery,
+    Outgoing, Page, Queue, Receipt, Received, Store, Write,
 };
-use gantry_store_sqlite::{Options, SqliteBackend};
 
 /// A clock the simulation moves.
 #[derive(Debug, Default)]
@@ -119,7 +120,7 @@ impl State {
 
 /// The faulty backend.
 pub struct FaultyBackend {
-    store: SqliteBackend,
+    store: Arc<dyn Backend>,
     clock: Arc<SimClock>,
     state: Mutex<State>,
     caps: Capabilities,
@@ -133,28 +134,22 @@ fn down() -> Error {
 }
 
 impl FaultyBackend {
-    pub fn open(
-        dir: &std::path::Path,
+    /// The faults of `rates` around `store`, whose clock is `clock`.
+    pub fn new(
+        store: Arc<dyn Backend>,
         clock: Arc<SimClock>,
         seed: u64,
         rates: FaultRates,
         single_process: bool,
     ) -> Self {
-        let store = SqliteBackend::open(
-            dir,
-            Options {
-                fsync: false,
-                clock: clock.clone(),
-            },
-        )
-        .expect("open the store");
         let caps = Capabilities {
             atomic_checkpoint: false,
             single_process,
             exact_depth: true,
             max_delay: Some(Duration::from_secs(900)),
             delay_granularity: Duration::from_secs(1),
-            ..gantry_store_sqlite::capabilities()
+            max_receives: None,
+            ..store.capabilities()
         };
         FaultyBackend {
             store,
@@ -466,6 +461,15 @@ impl Queue for FaultyBackend {
             }
         }
         Ok(depth)
+    }
+
+    /// This queue never gives up on a message (`max_receives: None`).
+    async fn dead_lettered(&self, _max: usize) -> Result<Vec<DeadLettered>, Error> {
+        Ok(Vec::new())
+    }
+
+    async fn redrive(&self, _only: Option<&str>) -> Result<u64, Error> {
+        Ok(0)
     }
 }
 

@@ -13,8 +13,15 @@
 //! with different content; every run, environment and evidence summary ends
 //! as without faults, and the same effects were applied.
 //!
-//! `GANTRY_SIM_SEEDS=N` sets how many seeds run (1,000 by default);
-//! `GANTRY_SIM_SEED=S` replays one seed and prints what happened.
+//! The state lives in SQLite, and, for fewer seeds, in DynamoDB on
+//! `moto_server` (reached by the real AWS SDK); both are compared with the
+//! same fault-free outcome on SQLite, so the two stores also agree.
+//!
+//! `GANTRY_SIM_SEEDS=N` sets how many seeds run on SQLite (1,000 by
+//! default), `GANTRY_SIM_DYNAMODB_SEEDS=N` on DynamoDB (3: a seed takes about a
+//! minute of moto's time);
+//! `GANTRY_SIM_SEED=S` replays one seed and prints what happened
+//! (`GANTRY_SIM_ON=dynamodb` replays it there).
 
 mod faulty;
 mod world;
@@ -24,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use faulty::FaultRates;
-use world::{Outcome, Sim};
+use world::{On, Outcome, Sim};
 
 /// The faults of a run with faults: each a few per cent of its chances.
 fn rates(seed: u64) -> FaultRates {
@@ -39,8 +46,17 @@ fn rates(seed: u64) -> FaultRates {
     }
 }
 
-fn replay(seed: u64) -> String {
-    format!("GANTRY_SIM_SEED={seed} cargo test -p gantry-engine --test simulation -- --nocapture")
+fn replay(seed: u64, on: On) -> String {
+    let (env, test) = match on {
+        On::Sqlite => ("", "every_seed_ends_as_without_faults"),
+        On::DynamoDb => (
+            "GANTRY_SIM_ON=dynamodb ",
+            "seeds_end_as_without_faults_with_the_state_in_dynamodb",
+        ),
+    };
+    format!(
+        "{env}GANTRY_SIM_SEED={seed} cargo test -p gantry-engine --test simulation -- --nocapture {test}"
+    )
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -60,7 +76,8 @@ async fn baseline(seed: u64, baselines: &Baselines) -> Result<Arc<Outcome>, Stri
         return Ok(known.clone());
     }
     let outcome = Arc::new(
-        Sim::new(seed, FaultRates::NONE)
+        Sim::new(seed, FaultRates::NONE, On::Sqlite)
+            .await
             .run()
             .await
             .map_err(|e| format!("without faults: {e}"))?,
@@ -72,13 +89,13 @@ async fn baseline(seed: u64, baselines: &Baselines) -> Result<Arc<Outcome>, Stri
     Ok(outcome)
 }
 
-/// Runs `seed` with faults and compares it with its script's fault-free
-/// outcome; `Err` says what differs.
-fn check(seed: u64, verbose: bool, baselines: &Baselines) -> Result<u32, String> {
+/// Runs `seed` with faults, the state `on`, and compares it with its
+/// script's fault-free outcome; `Err` says what differs.
+fn check(seed: u64, on: On, verbose: bool, baselines: &Baselines) -> Result<u32, String> {
     let rt = runtime();
     rt.block_on(async {
         let expected = baseline(seed, baselines).await?;
-        let mut sim = Sim::new(seed, rates(seed));
+        let mut sim = Sim::new(seed, rates(seed), on).await;
         sim.verbose = verbose;
         let got = sim.run().await.map_err(|e| format!("with faults: {e}"))?;
         if got != *expected {
@@ -91,20 +108,30 @@ fn check(seed: u64, verbose: bool, baselines: &Baselines) -> Result<u32, String>
     })
 }
 
-#[test]
-fn every_seed_ends_as_without_faults() {
-    if let Ok(seed) = std::env::var("GANTRY_SIM_SEED") {
-        let seed: u64 = seed.parse().expect("GANTRY_SIM_SEED is a number");
-        match check(seed, true, &Baselines::default()) {
-            Ok(crashes) => eprintln!("seed {seed}: ok ({crashes} crashes)"),
-            Err(e) => panic!("seed {seed}: {e}"),
-        }
-        return;
+/// Replays `GANTRY_SIM_SEED` when it is set and names a seed for `on`;
+/// `true` when it did.
+fn replayed(on: On) -> bool {
+    let Ok(seed) = std::env::var("GANTRY_SIM_SEED") else {
+        return false;
+    };
+    let wanted = match std::env::var("GANTRY_SIM_ON").as_deref() {
+        Ok("dynamodb") => On::DynamoDb,
+        _ => On::Sqlite,
+    };
+    if wanted != on {
+        return true;
     }
-    let seeds: u64 = std::env::var("GANTRY_SIM_SEEDS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1000);
+    let seed: u64 = seed.parse().expect("GANTRY_SIM_SEED is a number");
+    match check(seed, on, true, &Baselines::default()) {
+        Ok(crashes) => eprintln!("seed {seed} on {on:?}: ok ({crashes} crashes)"),
+        Err(e) => panic!("seed {seed} on {on:?}: {e}"),
+    }
+    true
+}
+
+/// Runs seeds `0..seeds` with the state `on`, two threads at a time, and
+/// fails naming the first seed that differs.
+fn every_seed(seeds: u64, on: On) {
     let threads = 2;
     let started = std::time::Instant::now();
     let baselines = Baselines::default();
@@ -119,8 +146,9 @@ fn every_seed_ends_as_without_faults() {
                         if seed >= seeds {
                             return done;
                         }
-                        let outcome = std::panic::catch_unwind(|| check(seed, false, &baselines))
-                            .unwrap_or_else(|_| Err("panicked".into()));
+                        let outcome =
+                            std::panic::catch_unwind(|| check(seed, on, false, &baselines))
+                                .unwrap_or_else(|_| Err("panicked".into()));
                         done.push((seed, outcome));
                     }
                 })
@@ -135,7 +163,7 @@ fn every_seed_ends_as_without_faults() {
     let failed: Vec<&(u64, Result<u32, String>)> =
         results.iter().filter(|(_, r)| r.is_err()).collect();
     eprintln!(
-        "{seeds} seeds in {:.1} s, {crashes} crashes injected, {} failed",
+        "{seeds} seeds on {on:?} in {:.1} s, {crashes} crashes injected, {} failed",
         started.elapsed().as_secs_f64(),
         failed.len()
     );
@@ -146,10 +174,32 @@ fn every_seed_ends_as_without_faults() {
     }
     if let Some((seed, Err(e))) = failed.first() {
         panic!(
-            "{} of {seeds} seeds failed; the first, seed {seed}: {e}\nreplay: {}",
+            "{} of {seeds} seeds on {on:?} failed; the first, seed {seed}: {e}\nreplay: {}",
             failed.len(),
-            replay(*seed)
+            replay(*seed, on)
         );
+    }
+}
+
+/// The seed count in `var`, or `default`.
+fn seeds(var: &str, default: u64) -> u64 {
+    std::env::var(var)
+        .ok()
+        .map(|n| n.parse().unwrap_or_else(|_| panic!("{var} is a number")))
+        .unwrap_or(default)
+}
+
+#[test]
+fn every_seed_ends_as_without_faults() {
+    if !replayed(On::Sqlite) {
+        every_seed(seeds("GANTRY_SIM_SEEDS", 1000), On::Sqlite);
+    }
+}
+
+#[test]
+fn seeds_end_as_without_faults_with_the_state_in_dynamodb() {
+    if !replayed(On::DynamoDb) {
+        every_seed(seeds("GANTRY_SIM_DYNAMODB_SEEDS", 3), On::DynamoDb);
     }
 }
 
@@ -158,7 +208,7 @@ fn a_seed_replays_the_same() {
     let rt = runtime();
     let run = |seed| {
         rt.block_on(async {
-            let mut sim = Sim::new(seed, rates(seed));
+            let mut sim = Sim::new(seed, rates(seed), On::Sqlite).await;
             let outcome = sim.run().await;
             (format!("{outcome:?}"), sim.trace())
         })

@@ -17,7 +17,7 @@ use gantry_plugin_api::{
     Decision, Direction, Event, MigrationOutcome, PluginFailure, PluginRef, PluginRunner,
     SecretSource, StepContext, Verdict,
 };
-use gantry_store::{Clock, Queue};
+use gantry_store::{Backend, Clock, Queue};
 use serde_json::json;
 
 use crate::faulty::{FaultRates, FaultyBackend, Rng, SimClock};
@@ -382,12 +382,52 @@ fn config() -> EngineConfig {
     }
 }
 
+/// Where a simulated engine's state lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum On {
+    Sqlite,
+    /// A fresh table on `moto_server`, through the real AWS SDK.
+    DynamoDb,
+}
+
+/// A fresh, empty store on `on`, timed by `clock`.
+async fn store(on: On, dir: &std::path::Path, clock: Arc<SimClock>) -> Arc<dyn Backend> {
+    match on {
+        On::Sqlite => {
+            let options = gantry_store_sqlite::Options {
+                fsync: false,
+                clock,
+            };
+            Arc::new(gantry_store_sqlite::SqliteBackend::open(dir, options).expect("open SQLite"))
+        }
+        On::DynamoDb => {
+            let emulator = gantry_store_aws::Emulator {
+                endpoint: gantry_tests::moto(),
+            };
+            let config = gantry_store_aws::sdk_config(Some(&emulator)).await;
+            let name = gantry_tests::unique_name("sim");
+            let created = gantry_store_aws::create(&config, &name, &name)
+                .await
+                .expect("create the table");
+            let location = gantry_store_aws::Location {
+                table: name,
+                queue_url: created.queue_url,
+            };
+            Arc::new(
+                gantry_store_aws::AwsBackend::connect(&config, location, clock)
+                    .await
+                    .expect("connect to the table"),
+            )
+        }
+    }
+}
+
 impl Sim {
-    pub fn new(seed: u64, rates: FaultRates) -> Sim {
+    pub async fn new(seed: u64, rates: FaultRates, on: On) -> Sim {
         let dir = tempfile::tempdir().expect("tempdir");
         let clock = SimClock::new(T0);
-        let backend = Arc::new(FaultyBackend::open(
-            dir.path(),
+        let backend = Arc::new(FaultyBackend::new(
+            store(on, dir.path(), clock.clone()).await,
             clock.clone(),
             seed,
             rates,

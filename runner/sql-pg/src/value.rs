@@ -55,14 +55,7 @@ impl ToSql for Value {
                 }
                 t.clone()
             }
-            Value::Bytes(b) => {
-                let mut hex = String::with_capacity(2 + 2 * b.len());
-                hex.push_str("\\x");
-                for byte in b {
-                    hex.push_str(&format!("{byte:02x}"));
-                }
-                hex
-            }
+            Value::Bytes(b) => format!("\\x{}", hex::encode(b)),
         };
         out.extend_from_slice(text.as_bytes());
         Ok(IsNull::No)

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use gantry_plugin_host::{
-    Artifact, CallReport, Decision, Direction, Event, EventKind, HostConfig, LogRecord, Manifest,
-    Origin, Plugin, PluginHost, StepContext, World,
+    Artifact, Binding, CallReport, Decision, Direction, Event, EventKind, HostConfig, LogRecord,
+    Manifest, Origin, Plugin, PluginHost, StepContext, World,
 };
 use serde_json::json;
 
@@ -283,7 +283,9 @@ async fn run_plugin(args: RunArgs) -> anyhow::Result<ExitCode> {
                 DirectionArg::Up => Direction::Up,
                 DirectionArg::Down => Direction::Down,
             };
-            let report = host.migrate(&plugin, &ctx, direction, &secrets).await;
+            let report = host
+                .migrate(&plugin, &ctx, direction, &secrets, Binding::default())
+                .await;
             Ok(print_report(&plugin, header, report, |outcome| {
                 let line = format!("MIGRATED {direction:?} to version {}", outcome.version);
                 (0, line, serde_json::to_value(outcome).unwrap_or_default())

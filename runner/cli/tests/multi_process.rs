@@ -167,6 +167,7 @@ async fn a_receiver_and_three_workers_survive_kills_and_a_pause() {
     let mut chaos = 0;
     let mut paused_from = 0;
     let mut resumed = false;
+    let mut last_report = 0;
     let (runs, approvals, releases) = loop {
         let elapsed = started.elapsed();
         if chaos == 0 && elapsed > Duration::from_secs(3) {
@@ -190,8 +191,8 @@ async fn a_receiver_and_three_workers_survive_kills_and_a_pause() {
             resumed = true;
             chaos += 1;
         }
-        client.approve_and_release().await;
         let all = client.runs().await;
+        client.approve_and_release(&all).await;
         let finished = all.iter().all(|r| {
             matches!(
                 r["status"].as_str(),
@@ -201,10 +202,16 @@ async fn a_receiver_and_three_workers_survive_kills_and_a_pause() {
         if resumed && sending.is_finished() && finished && all.len() >= (PUSHES + MERGES) as usize {
             break (all, client.approvals(), client.releases());
         }
+        if elapsed.as_secs() / 30 > last_report {
+            last_report = elapsed.as_secs() / 30;
+            eprintln!("after {} s: {}", elapsed.as_secs(), by_status(&all));
+        }
+        // The emulator answers one DynamoDB request at a time (about 60 a
+        // second here), and a promotion takes about 110 of them.
         assert!(
-            elapsed < Duration::from_secs(300),
-            "not done after 5 minutes: {} runs, unfinished: {:?}",
-            all.len(),
+            elapsed < Duration::from_secs(600),
+            "not done after 10 minutes: {}; unfinished: {:?}",
+            by_status(&all),
             all.iter()
                 .filter(|r| !matches!(r["status"].as_str(), Some("succeeded" | "rolled_back")))
                 .map(|r| format!("{} {} {}", r["id"], r["status"], r["reason"]))
@@ -284,8 +291,8 @@ impl Client {
             .http
             .request(method, format!("{}{path}", self.base))
             .bearer_auth(token)
-            // Listing 200 runs reads each from the table: on a slow
-            // emulator busy with three workers that took over 10 s.
+            // The emulator serialises DynamoDB requests: behind three busy
+            // workers an answer takes seconds.
             .timeout(Duration::from_secs(60));
         if let Some(body) = body {
             request = request
@@ -333,10 +340,11 @@ impl Client {
         }
     }
 
-    /// Approves every run waiting for approval; releases a held production.
-    async fn approve_and_release(&self) {
+    /// Approves every run of `runs` waiting for approval; releases a held
+    /// production.
+    async fn approve_and_release(&self, runs: &[Value]) {
         let bob = self.bob().await;
-        for run in self.runs().await {
+        for run in runs {
             let waiting = run["status"] == "waiting"
                 && run["reason"]
                     .as_str()
@@ -385,4 +393,16 @@ impl Client {
     fn releases(&self) -> usize {
         *self.releases.lock().expect("releases")
     }
+}
+
+/// How many of `runs` are in each status, e.g. `120 succeeded, 80 waiting`.
+fn by_status(runs: &[Value]) -> String {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for run in runs {
+        *counts
+            .entry(run["status"].as_str().unwrap_or("?"))
+            .or_default() += 1;
+    }
+    let parts: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    format!("{} runs: {}", runs.len(), parts.join(", "))
 }

@@ -12,12 +12,16 @@
 pub mod component;
 pub mod manifest;
 pub mod mask;
+pub mod migration;
 mod runner;
 pub mod types;
 
 pub use component::{component_digest, read_component};
 pub use manifest::{Manifest, ManifestError, Origin};
 pub use mask::Masker;
+pub use migration::{
+    Backup, MigrationReport, MigrationRequest, MigrationStop, MigrationUnit, UnitAction, Upstream,
+};
 pub use runner::{PluginFailure, PluginRef, PluginRunner, SecretSource};
 pub use types::{
     Artifact, Decision, Direction, Event, EventKind, LogRecord, MigrationOutcome, Observation,

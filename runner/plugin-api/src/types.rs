@@ -146,17 +146,18 @@ pub struct LogRecord {
 }
 
 /// Which way a migration runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Direction {
     /// Apply.
+    #[default]
     Up,
     /// Revert, for a rollback.
     Down,
 }
 
 /// What a migration reports.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct MigrationOutcome {
     /// The schema version after the call.
     pub version: String,

@@ -14,12 +14,17 @@ pub mod capabilities {
     });
 }
 
-/// Generates one plugin world, reusing the shared interfaces.
+/// Generates one plugin world, reusing the shared interfaces; `imports`
+/// names the world's own imports the host answers asynchronously.
 macro_rules! plugin_world {
     ($world:tt) => {
+        plugin_world!($world, {});
+    };
+    ($world:tt, { $($import:literal),* }) => {
         wasmtime::component::bindgen!({
             world: $world,
             path: "../../wit",
+            imports: { $($import: async,)* },
             with: {
                 "gantry:plugin/types": crate::bindings::capabilities::gantry::plugin::types,
                 "gantry:plugin/log": crate::bindings::capabilities::gantry::plugin::log,
@@ -42,8 +47,10 @@ pub mod notifier {
     plugin_world!("notifier");
 }
 
-/// The `migration` world. Its `sql` host side arrives with the PostgreSQL
-/// migrations; until then every statement fails with a clear error.
+/// The `migration` world: its `sql` statements run on PostgreSQL.
 pub mod migration {
-    plugin_world!("migration");
+    plugin_world!("migration", {
+        "gantry:plugin/sql.execute",
+        "gantry:plugin/sql.query"
+    });
 }

@@ -82,6 +82,16 @@ pub enum Error {
         /// The trap, plus what the guest wrote to stderr.
         message: String,
     },
+    /// A migration's database refused or lost its transaction.
+    #[error("plugin {plugin}: {message}")]
+    Database {
+        /// The plugin's name.
+        plugin: String,
+        /// What PostgreSQL said, with its SQLSTATE.
+        message: String,
+        /// The connection, not the statement, failed.
+        retryable: bool,
+    },
     /// The guest returned an error: it could not do its job.
     #[error("plugin {plugin} returned an error: {message}")]
     Guest {
@@ -107,7 +117,15 @@ impl Error {
     /// service it calls is down). A trap, a limit, a bad result or a bad
     /// component fails the same way every time.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Timeout { .. } | Error::Guest { .. })
+        matches!(
+            self,
+            Error::Timeout { .. }
+                | Error::Guest { .. }
+                | Error::Database {
+                    retryable: true,
+                    ..
+                }
+        )
     }
 
     /// A short stable name for metrics and JSON output.
@@ -122,6 +140,7 @@ impl Error {
             Error::ResultTooLarge { .. } => "result-too-large",
             Error::Trap { .. } => "trap",
             Error::Guest { .. } => "guest-error",
+            Error::Database { .. } => "database",
         }
     }
 }

@@ -21,7 +21,7 @@ use crate::cache::{CacheOutcome, ComponentCache};
 use crate::limits::{MemoryLimitExceeded, MemoryLimiter};
 use crate::manifest::{Manifest, Origin};
 use crate::masked::Masked;
-use crate::state::{CallLabels, CallState, Grants, IoCaps};
+use crate::state::{Binding, CallLabels, CallState, Grants, IoCaps, MIGRATIONS_DIR};
 use crate::types::{
     Decision, Direction, Event, EventKind, LogRecord, MigrationOutcome, Observation, StepContext,
     Verdict, World,
@@ -310,11 +310,17 @@ impl PluginHost {
         };
         let wit_ctx = to_wit_context(ctx);
         let limit = self.config.max_result_bytes;
-        self.call(plugin, ctx, secrets, async move |store| {
-            let gate = pre.instantiate_async(&mut *store).await?;
-            let answer = gate.call_evaluate(&mut *store, &wit_ctx, state).await?;
-            Ok(answer.map(|verdict| check_verdict(plugin, verdict, limit)))
-        })
+        self.call(
+            plugin,
+            ctx,
+            secrets,
+            Binding::default(),
+            async move |store| {
+                let gate = pre.instantiate_async(&mut *store).await?;
+                let answer = gate.call_evaluate(&mut *store, &wit_ctx, state).await?;
+                Ok(answer.map(|verdict| check_verdict(plugin, verdict, limit)))
+            },
+        )
         .await
     }
 
@@ -331,56 +337,67 @@ impl PluginHost {
         };
         let wit_ctx = to_wit_context(ctx);
         let wit_event = to_wit_event(event);
-        self.call(plugin, ctx, secrets, async move |store| {
-            let notifier = pre.instantiate_async(&mut *store).await?;
-            let answer = notifier
-                .call_notify(&mut *store, &wit_ctx, &wit_event)
-                .await?;
-            Ok(answer.map(Ok))
-        })
+        self.call(
+            plugin,
+            ctx,
+            secrets,
+            Binding::default(),
+            async move |store| {
+                let notifier = pre.instantiate_async(&mut *store).await?;
+                let answer = notifier
+                    .call_notify(&mut *store, &wit_ctx, &wit_event)
+                    .await?;
+                Ok(answer.map(Ok))
+            },
+        )
         .await
     }
 
-    /// Runs a migration's `up` or `down`. Until the PostgreSQL backend binds
-    /// a database, its `sql` calls fail with "no database is bound".
+    /// Runs a migration's `up` or `down` bound to `binding`: its `sql`
+    /// statements run in `binding.db`'s transaction, committed only when
+    /// the guest returns `ok` (and its statements left the transaction
+    /// open), rolled back on its `err`, and aborted by the server on a
+    /// trap, a limit or a timeout (the session's connection closes).
+    /// Without a session every statement fails with "no database is bound".
     pub async fn migrate(
         &self,
         plugin: &Plugin,
         ctx: &StepContext,
         direction: Direction,
         secrets: &dyn SecretSource,
+        binding: Binding,
     ) -> CallReport<MigrationOutcome> {
         let Pre::Migration(pre) = &plugin.pre else {
             return CallReport::failed(plugin.wrong_world("migration"));
         };
         let wit_ctx = to_wit_context(ctx);
         let limit = self.config.max_result_bytes;
-        self.call(plugin, ctx, secrets, async move |store| {
+        self.call(plugin, ctx, secrets, binding, async move |store| {
             let migration = pre.instantiate_async(&mut *store).await?;
             let answer = match direction {
                 Direction::Up => migration.call_up(&mut *store, &wit_ctx).await?,
                 Direction::Down => migration.call_down(&mut *store, &wit_ctx).await?,
             };
-            Ok(answer.map(|outcome| {
-                let outcome = MigrationOutcome {
-                    version: outcome.version,
-                    evidence: from_wit_observations(outcome.evidence),
-                };
-                let size = outcome.version.len()
-                    + outcome
-                        .evidence
-                        .iter()
-                        .map(|o| o.name.len() + o.value.len())
-                        .sum::<usize>();
-                if size > limit {
-                    return Err(Error::ResultTooLarge {
+            let answer = answer.map(|outcome| checked_outcome(plugin, outcome, limit));
+            let Some(db) = store.data_mut().db.take() else {
+                return Ok(answer);
+            };
+            Ok(match answer {
+                Ok(Ok(outcome)) => match db.commit().await {
+                    Ok(()) => Ok(Ok(outcome)),
+                    Err(e) => Ok(Err(Error::Database {
                         plugin: plugin.name.to_string(),
-                        size,
-                        limit,
-                    });
+                        message: format!("the migration's transaction did not commit: {e}"),
+                        retryable: e.is_connection(),
+                    })),
+                },
+                refused => {
+                    if let Err(e) = db.rollback().await {
+                        tracing::warn!(plugin = %plugin.name, error = %e, "rolling a migration back failed; the server aborts it as the connection closes");
+                    }
+                    refused
                 }
-                Ok(outcome)
-            }))
+            })
         })
         .await
     }
@@ -392,6 +409,7 @@ impl PluginHost {
         plugin: &Plugin,
         ctx: &StepContext,
         secrets: &dyn SecretSource,
+        binding: Binding,
         body: impl AsyncFnOnce(
             &mut Store<CallState>,
         ) -> wasmtime::Result<Result<Result<T, Error>, String>>,
@@ -421,14 +439,24 @@ impl PluginHost {
             response_bytes: self.config.max_response_bytes,
             default_http_timeout: Duration::from_secs(10),
         };
-        let state = CallState::new(
+        let state = match CallState::new(
             grants,
             labels,
             caps,
             MemoryLimiter::new(limits.memory_bytes()),
             deadline,
             self.http.clone(),
-        );
+            binding,
+        ) {
+            Ok(state) => state,
+            Err(e) => {
+                return CallReport::failed(Error::Load {
+                    plugin: plugin.name.to_string(),
+                    path: MIGRATIONS_DIR.into(),
+                    message: format!("cannot grant the migration files: {e:#}"),
+                });
+            }
+        };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         // Every tick, yield to the runtime (a spinning guest cannot starve
@@ -524,7 +552,7 @@ impl PluginHost {
 }
 
 impl<T> CallReport<T> {
-    fn failed(error: Error) -> Self {
+    pub(crate) fn failed(error: Error) -> Self {
         CallReport {
             result: Err(error),
             logs: Vec::new(),
@@ -728,4 +756,30 @@ impl Drop for EpochTicker {
             let _ = thread.join();
         }
     }
+}
+
+/// A migration's outcome, refused when larger than `limit` bytes.
+fn checked_outcome(
+    plugin: &Plugin,
+    outcome: migration::Outcome,
+    limit: usize,
+) -> Result<MigrationOutcome, Error> {
+    let outcome = MigrationOutcome {
+        version: outcome.version,
+        evidence: from_wit_observations(outcome.evidence),
+    };
+    let size = outcome.version.len()
+        + outcome
+            .evidence
+            .iter()
+            .map(|o| o.name.len() + o.value.len())
+            .sum::<usize>();
+    if size > limit {
+        return Err(Error::ResultTooLarge {
+            plugin: plugin.name.to_string(),
+            size,
+            limit,
+        });
+    }
+    Ok(outcome)
 }

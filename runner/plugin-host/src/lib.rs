@@ -20,6 +20,7 @@ mod error;
 mod host;
 mod limits;
 mod masked;
+mod migrations;
 mod runner;
 mod state;
 
@@ -29,7 +30,9 @@ pub use gantry_plugin_api::component_digest;
 pub use gantry_plugin_api::{SecretSource, manifest, types};
 pub use host::{Allocator, CallReport, EnvSecrets, HostConfig, Inspection, Plugin, PluginHost};
 pub use manifest::{Manifest, Origin};
+pub use migrations::{APPLY_KEY, LOCK_WAIT, REVERT_KEY};
 pub use runner::HostedPlugins;
+pub use state::{Binding, MIGRATIONS_DIR};
 pub use types::{
     Artifact, Decision, Direction, Event, EventKind, LogRecord, MigrationOutcome, Observation,
     StepContext, Verdict, World,

@@ -72,6 +72,15 @@ impl Masked for Error {
                 plugin,
                 message: masker.mask_string(message),
             },
+            Error::Database {
+                plugin,
+                message,
+                retryable,
+            } => Error::Database {
+                plugin,
+                message: masker.mask_string(message),
+                retryable,
+            },
             other => other,
         }
     }

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use gantry_plugin_api::{PluginFailure, PluginRef, PluginRunner, SecretSource, component_digest};
 
 use crate::host::{Plugin, PluginHost};
+use crate::state::Binding;
 use crate::types::{Direction, Event, MigrationOutcome, StepContext, Verdict, World};
 
 /// Every plugin the running pipelines use, loaded once; a plugin of an older
@@ -159,7 +160,10 @@ impl PluginRunner for HostedPlugins {
         secrets: &dyn SecretSource,
     ) -> Result<MigrationOutcome, PluginFailure> {
         let p = self.plugin(plugin, World::Migration).await?;
-        let report = self.host.migrate(&p, ctx, direction, secrets).await;
+        let report = self
+            .host
+            .migrate(&p, ctx, direction, secrets, Binding::default())
+            .await;
         report.result.map_err(|e| call_failure(&p, e))
     }
 }

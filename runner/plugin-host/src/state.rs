@@ -6,12 +6,13 @@
 //! granted secrets (other secrets never enter the store).
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::capabilities::gantry::plugin::{clock, http, log, secrets, types};
 use crate::bindings::migration::gantry::plugin::sql;
@@ -19,6 +20,7 @@ use crate::limits::MemoryLimiter;
 use crate::manifest::Origin;
 use crate::types::LogRecord;
 use gantry_plugin_api::Masker;
+use gantry_sql_pg::{Session, Value};
 
 /// Caps that apply to every call, whatever the manifest says.
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +39,20 @@ pub(crate) struct Grants {
     /// Granted secret names, with their values where they have one.
     pub secrets: BTreeMap<String, Option<String>>,
 }
+
+/// What a migration call is bound to beyond the manifest's grants.
+#[derive(Default)]
+pub struct Binding {
+    /// The session its `sql` statements run in; without one they fail
+    /// with "no database is bound".
+    pub db: Option<Session>,
+    /// A host directory the guest reads at [`MIGRATIONS_DIR`], read-only,
+    /// for this call only.
+    pub files: Option<PathBuf>,
+}
+
+/// Where a migration call sees [`Binding::files`].
+pub const MIGRATIONS_DIR: &str = "/migrations";
 
 /// Who is calling: the labels on every log line and denial.
 pub(crate) struct CallLabels {
@@ -59,6 +75,8 @@ pub(crate) struct CallState {
     logs: LogBuffer,
     /// The granted secrets' values, masked in whatever the call leaves.
     pub masker: Masker,
+    /// The database session of a migration call.
+    pub db: Option<Session>,
 }
 
 impl CallState {
@@ -69,19 +87,25 @@ impl CallState {
         limiter: MemoryLimiter,
         deadline: Instant,
         http: reqwest::Client,
-    ) -> Self {
+        binding: Binding,
+    ) -> wasmtime::Result<Self> {
         // Capped, so a guest printing forever cannot grow the host.
         let stderr = MemoryOutputPipe::new(16 * 1024);
-        // No preopened directories, no env vars, no args, no sockets, no DNS:
-        // the WASI imports link, but every ambient capability is denied.
-        let wasi = WasiCtx::builder()
-            .stderr(stderr.clone())
+        // No env vars, no args, no sockets, no DNS, and no directory but a
+        // migration's own files, read-only: the WASI imports link, but
+        // every ambient capability is denied.
+        let mut wasi = WasiCtx::builder();
+        wasi.stderr(stderr.clone())
             .allow_tcp(false)
             .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
+            .allow_ip_name_lookup(false);
+        if let Some(files) = &binding.files {
+            wasi.preopened_dir(files, MIGRATIONS_DIR, FsPerms::ReadOnly)?;
+        }
+        let wasi = wasi.build();
         let masker = Masker::new(grants.secrets.values().flatten().map(String::as_str));
-        CallState {
+        Ok(CallState {
+            db: binding.db,
             masker,
             wasi,
             table: ResourceTable::new(),
@@ -93,7 +117,7 @@ impl CallState {
             deadline,
             http,
             logs: LogBuffer::new(caps.log_bytes),
-        }
+        })
     }
 
     /// The call's log records, ending with a note of any dropped ones.
@@ -286,12 +310,55 @@ fn classify_transport(url: &url::Url, timeout: Duration, e: reqwest::Error) -> h
 }
 
 impl sql::Host for CallState {
-    fn execute(&mut self, _statement: String, _params: Vec<sql::Value>) -> Result<u64, String> {
-        Err(NO_DATABASE.to_string())
+    async fn execute(&mut self, statement: String, params: Vec<sql::Value>) -> Result<u64, String> {
+        let db = self.db.as_ref().ok_or(NO_DATABASE)?;
+        let params: Vec<Value> = params.into_iter().map(from_wit_value).collect();
+        db.execute(&statement, &params)
+            .await
+            .map_err(|e| e.to_string())
     }
 
-    fn query(&mut self, _statement: String, _params: Vec<sql::Value>) -> Result<sql::Rows, String> {
-        Err(NO_DATABASE.to_string())
+    async fn query(
+        &mut self,
+        statement: String,
+        params: Vec<sql::Value>,
+    ) -> Result<sql::Rows, String> {
+        let db = self.db.as_ref().ok_or(NO_DATABASE)?;
+        let params: Vec<Value> = params.into_iter().map(from_wit_value).collect();
+        let rows = db
+            .query(&statement, &params)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(sql::Rows {
+            columns: rows.columns,
+            rows: rows
+                .rows
+                .into_iter()
+                .map(|row| row.into_iter().map(to_wit_value).collect())
+                .collect(),
+        })
+    }
+}
+
+fn from_wit_value(value: sql::Value) -> Value {
+    match value {
+        sql::Value::Null => Value::Null,
+        sql::Value::Boolean(b) => Value::Boolean(b),
+        sql::Value::Integer(n) => Value::Integer(n),
+        sql::Value::Double(x) => Value::Double(x),
+        sql::Value::Text(t) => Value::Text(t),
+        sql::Value::Bytes(b) => Value::Bytes(b),
+    }
+}
+
+fn to_wit_value(value: Value) -> sql::Value {
+    match value {
+        Value::Null => sql::Value::Null,
+        Value::Boolean(b) => sql::Value::Boolean(b),
+        Value::Integer(n) => sql::Value::Integer(n),
+        Value::Double(x) => sql::Value::Double(x),
+        Value::Text(t) => sql::Value::Text(t),
+        Value::Bytes(b) => sql::Value::Bytes(b),
     }
 }
 

@@ -10,14 +10,19 @@
 //! of plain SQL migrations, with their checksums and whether each keeps
 //! the previous release working.
 
+mod backup;
+mod ledger;
 mod set;
 mod value;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::{CancelToken, Client, NoTls, SimpleQueryMessage};
 
+pub use backup::{Dumped, dump, hash_file, pg_tool, restore};
+pub use ledger::{Applied, LEDGER, Plan, Refusal, plan};
 pub use set::{MAX_FILE_BYTES, MAX_MIGRATIONS, Migration, MigrationSet, SetError};
 pub use value::{Rows, Value};
 
@@ -43,6 +48,20 @@ impl SqlError {
         SqlError {
             message: message.into(),
             sqlstate: None,
+        }
+    }
+}
+
+impl SqlError {
+    /// The connection failed or the server is going away (no SQLSTATE, or
+    /// class 08, 57P01-57P03, or the lock wait ran out, 55P03): the same
+    /// statement may succeed later. Anything else fails the same way again.
+    pub fn is_connection(&self) -> bool {
+        match self.sqlstate.as_deref() {
+            None => true,
+            Some(code) => {
+                code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "55P03")
+            }
         }
     }
 }
@@ -91,8 +110,19 @@ impl From<tokio_postgres::Error> for SqlError {
 pub struct Session {
     client: Client,
     connection: tokio::task::JoinHandle<()>,
+    /// Cancels a statement still running when the session is dropped
+    /// unfinished (a timeout, a trap): the server would otherwise notice
+    /// the closed connection only when the statement ends.
+    cancel: CancelToken,
+    /// Committed or rolled back.
+    finished: bool,
     /// How long the lock took to get.
     pub lock_wait: Duration,
+    /// The transaction's start time as the server gave it: a statement
+    /// that ends the transaction (`COMMIT`, `ROLLBACK`) changes it.
+    began: String,
+    /// A statement ended the transaction: nothing more runs.
+    broken: AtomicBool,
 }
 
 impl Session {
@@ -117,11 +147,16 @@ impl Session {
             }
         });
         let mut session = Session {
+            cancel: client.cancel_token(),
+            finished: false,
             client,
             connection,
             lock_wait: Duration::ZERO,
+            began: String::new(),
+            broken: AtomicBool::new(false),
         };
         session.client.batch_execute("BEGIN").await?;
+        session.began = session.transaction_started().await?;
         session
             .client
             .batch_execute(&format!(
@@ -145,42 +180,84 @@ impl Session {
     /// Runs `statement`; returns the rows it affected. Without `params` the
     /// statement may be several, separated by `;` (a whole migration file),
     /// and the count is theirs together.
+    /// A statement that ends the transaction (`COMMIT`, `ROLLBACK`) is
+    /// an error, found right after it ran: what it committed stays.
     pub async fn execute(&self, statement: &str, params: &[Value]) -> Result<u64, SqlError> {
-        if params.is_empty() {
+        self.not_broken()?;
+        let count = if params.is_empty() {
             let messages = self.client.simple_query(statement).await?;
-            return Ok(messages
+            messages
                 .iter()
                 .map(|m| match m {
                     SimpleQueryMessage::CommandComplete(n) => *n,
                     _ => 0,
                 })
-                .sum());
-        }
-        let params: Vec<&(dyn ToSql + Sync)> =
-            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-        Ok(self.client.execute(statement, &params).await?)
+                .sum()
+        } else {
+            let params: Vec<&(dyn ToSql + Sync)> =
+                params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+            self.client.execute(statement, &params).await?
+        };
+        self.still_inside().await?;
+        Ok(count)
     }
 
     /// Runs query `statement` and returns its rows, at most
     /// [`MAX_RESULT_BYTES`] of them.
     pub async fn query(&self, statement: &str, params: &[Value]) -> Result<Rows, SqlError> {
+        self.not_broken()?;
         let prepared = self.client.prepare(statement).await?;
         let params: Vec<&(dyn ToSql + Sync)> =
             params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
         let rows = self.client.query(&prepared, &params).await?;
+        self.still_inside().await?;
         value::rows(prepared.columns(), &rows, MAX_RESULT_BYTES)
     }
 
-    /// Commits the transaction, releasing the lock.
-    pub async fn commit(self) -> Result<(), SqlError> {
+    /// Commits the transaction, releasing the lock; refused when a
+    /// statement ended the transaction before.
+    pub async fn commit(mut self) -> Result<(), SqlError> {
+        self.not_broken()?;
+        self.still_inside().await?;
         self.client.batch_execute("COMMIT").await?;
+        self.finished = true;
         Ok(())
+    }
+
+    /// The server's start time of the current transaction.
+    async fn transaction_started(&self) -> Result<String, SqlError> {
+        let row = self
+            .client
+            .query_one("SELECT transaction_timestamp()::text", &[])
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// An error unless the transaction [`Session::begin`] started is
+    /// still the one statements run in.
+    async fn still_inside(&self) -> Result<(), SqlError> {
+        if self.transaction_started().await? == self.began {
+            return Ok(());
+        }
+        self.broken.store(true, Ordering::Relaxed);
+        self.not_broken()
+    }
+
+    fn not_broken(&self) -> Result<(), SqlError> {
+        if !self.broken.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        Err(SqlError {
+            message: "a statement ended the migration's transaction (COMMIT or ROLLBACK in a migration): nothing after it runs, and what it committed stays".into(),
+            sqlstate: Some("25000".into()),
+        })
     }
 
     /// Rolls the transaction back, releasing the lock. (Dropping the
     /// session does too, once the server sees the connection close.)
-    pub async fn rollback(self) -> Result<(), SqlError> {
+    pub async fn rollback(mut self) -> Result<(), SqlError> {
         self.client.batch_execute("ROLLBACK").await?;
+        self.finished = true;
         Ok(())
     }
 }
@@ -188,5 +265,16 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         self.connection.abort();
+        if self.finished {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let cancel = self.cancel.clone();
+            runtime.spawn(async move {
+                if let Err(e) = cancel.cancel_query(NoTls).await {
+                    tracing::debug!(error = %e, "cancelling an abandoned migration statement failed");
+                }
+            });
+        }
     }
 }

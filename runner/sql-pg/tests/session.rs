@@ -180,3 +180,29 @@ async fn a_bad_connection_string_is_named_without_its_password() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_statement_that_ends_the_transaction_is_refused_and_cannot_commit() {
+    let db = database("escape");
+    let s = Session::begin(&db.url, WAIT).await.expect("begin");
+    let error = s
+        .execute("CREATE TABLE early (id int); COMMIT", &[])
+        .await
+        .expect_err("COMMIT inside a migration");
+    assert_eq!(error.sqlstate.as_deref(), Some("25000"), "{error}");
+    assert!(
+        error.message.contains("ended the migration's transaction"),
+        "{error}"
+    );
+    s.execute("CREATE TABLE late (id int)", &[])
+        .await
+        .expect_err("nothing runs after it");
+    s.commit()
+        .await
+        .expect_err("a broken transaction never commits");
+    let tables = psql_on(
+        &db.name,
+        "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'public'",
+    );
+    assert_eq!(tables, "early");
+}

@@ -151,6 +151,10 @@ impl Store for AwsBackend {
         self.table.get(key, self.now()).await
     }
 
+    async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Item>>, Error> {
+        self.table.get_many(keys, self.now()).await
+    }
+
     async fn list(&self, query: &ListQuery) -> Result<Page, Error> {
         self.table.list(query, self.now()).await
     }

@@ -12,10 +12,13 @@
 //! | `due_pk` (S), `due_at` (N) | `"due"` and the due time in ms: the `due` index (keys only) |
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::primitives::Blob;
-use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Delete, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, ConditionCheck, Delete, KeysAndAttributes, TransactWriteItem, Update,
+};
 use gantry_store::{Error, Item, Key, ListQuery, Page, Precondition, Write};
 
 use aws_sdk_dynamodb::config::http::HttpResponse;
@@ -37,6 +40,10 @@ pub(crate) const DUE_AT: &str = "due_at";
 pub(crate) const DUE_INDEX: &str = "due";
 /// The one partition of the due index.
 const DUE_PARTITION: &str = "due";
+/// The most keys one `BatchGetItem` may ask for.
+const BATCH_GET_KEYS: usize = 100;
+/// How often a `BatchGetItem` asks again for keys left unprocessed.
+const UNPROCESSED_RETRIES: u32 = 5;
 
 /// The table and its client.
 #[derive(Clone)]
@@ -285,6 +292,66 @@ impl Table {
             Some(item) => decode(item, now_ms),
             None => Ok(None),
         }
+    }
+
+    /// The items at `keys`, in their order: `BatchGetItem`s of up to
+    /// [`BATCH_GET_KEYS`] distinct keys, strongly consistent, asking again
+    /// for the keys DynamoDB left unprocessed (it may under load).
+    pub async fn get_many(&self, keys: &[Key], now_ms: u64) -> Result<Vec<Option<Item>>, Error> {
+        let mut found: HashMap<Key, Item> = HashMap::new();
+        let mut distinct: Vec<&Key> = Vec::new();
+        for key in keys {
+            key.check()?;
+            if !distinct.contains(&key) {
+                distinct.push(key);
+            }
+        }
+        for chunk in distinct.chunks(BATCH_GET_KEYS) {
+            let mut pending: Vec<HashMap<String, AttributeValue>> =
+                chunk.iter().map(|key| key_of(key)).collect();
+            for attempt in 0.. {
+                let request = built(
+                    "BatchGetItem",
+                    KeysAndAttributes::builder()
+                        .set_keys(Some(pending))
+                        .consistent_read(true)
+                        .build(),
+                )?;
+                let answer = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.name, request)
+                    .send()
+                    .await
+                    .map_err(|e| from_sdk("BatchGetItem", &e))?;
+                for item in answer
+                    .responses()
+                    .and_then(|r| r.get(&self.name))
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(item) = decode(item, now_ms)? {
+                        found.insert(item.key.clone(), item);
+                    }
+                }
+                pending = answer
+                    .unprocessed_keys()
+                    .and_then(|u| u.get(&self.name))
+                    .map(|k| k.keys().to_vec())
+                    .unwrap_or_default();
+                if pending.is_empty() {
+                    break;
+                }
+                if attempt == UNPROCESSED_RETRIES {
+                    return Err(Error::unavailable(format!(
+                        "BatchGetItem left {} keys unprocessed {UNPROCESSED_RETRIES} times",
+                        pending.len()
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+            }
+        }
+        Ok(keys.iter().map(|key| found.get(key).cloned()).collect())
     }
 
     /// One page of a partition: a `Query`, strongly consistent.

@@ -634,6 +634,32 @@ impl Store for SqliteBackend {
         })
     }
 
+    async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Item>>, Error> {
+        let now = self.now();
+        self.with(|conn| {
+            let mut statement = conn
+                .prepare_cached(
+                    "SELECT value, version FROM items WHERE partition = ?1 AND sort = ?2
+                       AND (expires_at IS NULL OR expires_at > ?3)",
+                )
+                .map_err(db_error)?;
+            keys.iter()
+                .map(|key| {
+                    statement
+                        .query_row(params![key.partition, key.sort, now], |r| {
+                            Ok(Item {
+                                key: key.clone(),
+                                value: r.get(0)?,
+                                version: r.get::<_, i64>(1)? as u64,
+                            })
+                        })
+                        .optional()
+                        .map_err(db_error)
+                })
+                .collect()
+        })
+    }
+
     async fn list(&self, query: &ListQuery) -> Result<Page, Error> {
         let now = self.now();
         // The range lets SQLite walk the key index: every sort key that

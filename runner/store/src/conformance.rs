@@ -324,6 +324,46 @@ pub async fn reads_see_every_acknowledged_write(b: Arc<dyn Backend>) {
     }
 }
 
+pub async fn many_keys_read_as_one_at_a_time(b: Arc<dyn Backend>) {
+    assert_eq!(b.get_many(&[]).await.unwrap(), vec![]);
+    let written: Vec<Key> = (0..150)
+        .map(|n| key(if n % 2 == 0 { "many-a" } else { "many-b" }, &n.to_string()))
+        .collect();
+    for chunk in written.chunks(25) {
+        let writes = chunk
+            .iter()
+            .map(|k| put(k.clone(), k.sort.as_bytes(), Precondition::None))
+            .collect();
+        b.write(writes).await.unwrap();
+    }
+    b.write(vec![put(written[3].clone(), b"again", Precondition::None)])
+        .await
+        .unwrap();
+    b.write(vec![Write::Put(Put {
+        key: key("many-a", "expired"),
+        value: b"v".to_vec(),
+        precondition: Precondition::None,
+        expires_at_ms: Some(now_ms() - 1),
+        due_at_ms: None,
+    })])
+    .await
+    .unwrap();
+    // Reversed, with keys that are missing, expired and asked twice.
+    let mut asked: Vec<Key> = written.iter().rev().cloned().collect();
+    asked.insert(7, key("many-a", "missing"));
+    asked.insert(60, key("many-a", "expired"));
+    asked.push(written[3].clone());
+    let many = b.get_many(&asked).await.unwrap();
+    assert_eq!(many.len(), asked.len());
+    for (k, item) in asked.iter().zip(&many) {
+        assert_eq!(item, &b.get(k).await.unwrap(), "{k:?}");
+    }
+    assert_eq!(many[7], None);
+    assert_eq!(many[60], None);
+    let last = many.last().cloned().flatten().unwrap();
+    assert_eq!((last.value, last.version), (b"again".to_vec(), 2));
+}
+
 pub async fn items_over_the_size_limit_are_refused(b: Arc<dyn Backend>) {
     let caps = b.capabilities();
     let big = vec![b'x'; caps.max_item_bytes + 1];

@@ -453,6 +453,17 @@ pub trait Store: Send + Sync {
     /// write that returned `Ok` before the call.
     async fn get(&self, key: &Key) -> Result<Option<Item>, Error>;
 
+    /// The items at `keys`, one answer per key in the same order, each as
+    /// [`Store::get`] would give it. Backends read them in as few round
+    /// trips as they can; this default reads one at a time.
+    async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Item>>, Error> {
+        let mut items = Vec::with_capacity(keys.len());
+        for key in keys {
+            items.push(self.get(key).await?);
+        }
+        Ok(items)
+    }
+
     /// One page of `query.partition`'s items in sort-key order, expired
     /// items left out. Sees every write to the partition that returned `Ok`
     /// before the call. `next` is set when more items may follow.
@@ -601,6 +612,7 @@ macro_rules! conformance_tests {
             counters_add_whatever_the_version,
             lists_read_one_partition_in_sort_order_by_pages,
             reads_see_every_acknowledged_write,
+            many_keys_read_as_one_at_a_time,
             items_over_the_size_limit_are_refused,
             expired_items_are_gone_for_reads,
             due_lists_items_whose_time_came,

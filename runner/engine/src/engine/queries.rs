@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use gantry_store::{ListQuery, decode_counter};
+use gantry_store::{Item, Key, ListQuery, decode_counter};
 use serde::Serialize;
 
 use super::Engine;
@@ -53,13 +53,16 @@ impl Engine {
         entries.sort_unstable_by(|a, b| b.cmp(a));
         more |= entries.len() > limit;
         entries.truncate(limit);
-        let mut runs = Vec::with_capacity(entries.len());
-        for sort in &entries {
-            let Some((_, id)) = sort.split_once('/') else {
-                continue;
-            };
-            match self.run(id).await? {
-                Some(run) => runs.push(run),
+        let ids: Vec<&str> = entries
+            .iter()
+            .filter_map(|sort| sort.split_once('/').map(|(_, id)| id))
+            .collect();
+        let keys: Vec<Key> = ids.iter().map(|id| run_key(id)).collect();
+        let items = self.backend.get_many(&keys).await?;
+        let mut runs = Vec::with_capacity(items.len());
+        for (id, item) in ids.iter().zip(items) {
+            match item {
+                Some(item) => runs.extend(decode_run(&item)),
                 None => tracing::warn!(run = id, "the run index names a missing run"),
             }
         }
@@ -71,17 +74,11 @@ impl Engine {
 
     /// One run.
     pub async fn run(&self, id: &str) -> Result<Option<Run>, gantry_store::Error> {
-        let key = run_key(id);
-        Ok(match self.backend.get(&key).await? {
-            Some(item) => match serde_json::from_slice(&item.value) {
-                Ok(run) => Some(run),
-                Err(e) => {
-                    tracing::warn!(%key, error = %e, "unreadable run");
-                    None
-                }
-            },
-            None => None,
-        })
+        Ok(self
+            .backend
+            .get(&run_key(id))
+            .await?
+            .and_then(|item| decode_run(&item)))
     }
 
     /// The evidence for commit `sha` (a prefix of at least 7 digits works),
@@ -202,5 +199,17 @@ impl Engine {
             dead_letters: counts.dead_letters,
             depth: self.backend.depth().await?,
         })
+    }
+}
+
+/// The run stored in `item`, or `None` (with a warning) when it does not
+/// read as one.
+fn decode_run(item: &Item) -> Option<Run> {
+    match serde_json::from_slice(&item.value) {
+        Ok(run) => Some(run),
+        Err(e) => {
+            tracing::warn!(key = %item.key, error = %e, "unreadable run");
+            None
+        }
     }
 }

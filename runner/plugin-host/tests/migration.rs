@@ -1,0 +1,517 @@
+//! The `sql` host side on a real PostgreSQL cluster, through the generic
+//! `sql-migrate` component: files run in one transaction per call that
+//! commits only when the guest returns `ok`; a failing file, a timeout or
+//! no binding leave nothing behind and release the migration lock.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+mod common;
+
+use gantry_plugin_api::{MigrationReport, MigrationRequest, MigrationStop, UnitAction, Upstream};
+use gantry_plugin_host::{Binding, Direction, HostConfig, Manifest, Plugin, PluginHost};
+use gantry_sql_pg::Session;
+use gantry_tests::plugin;
+use gantry_tests::postgres::{Database, database, psql_on};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn no_secrets() -> BTreeMap<String, String> {
+    BTreeMap::new()
+}
+
+fn files(dir: &Path, files: &[(&str, &str)]) {
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).expect("write a migration");
+    }
+}
+
+fn tables(db: &Database) -> String {
+    psql_on(
+        &db.name,
+        "SELECT coalesce(string_agg(tablename, ',' ORDER BY tablename), '') FROM pg_tables WHERE schemaname = 'public'",
+    )
+}
+
+fn load(host: &PluginHost, timeout_ms: u32) -> Plugin {
+    let manifest =
+        Manifest::from_toml(&format!("[limits]\ntimeout_ms = {timeout_ms}\n")).expect("manifest");
+    host.load("sql-migrate", &plugin("sql-migrate"), manifest)
+        .expect("load sql-migrate")
+}
+
+async fn bound(db: &Database, dir: &Path) -> Binding {
+    Binding {
+        db: Some(Session::begin(&db.url, WAIT).await.expect("begin")),
+        files: Some(dir.to_path_buf()),
+    }
+}
+
+#[tokio::test]
+async fn files_apply_in_order_and_commit_together() {
+    let host = PluginHost::new(HostConfig::default()).expect("host");
+    let sql_migrate = load(&host, 10_000);
+    let db = database("apply");
+    let dir = tempfile::tempdir().expect("dir");
+    files(
+        dir.path(),
+        &[
+            (
+                "001_users.up.sql",
+                "CREATE TABLE users (id int PRIMARY KEY);",
+            ),
+            (
+                "002_email.up.sql",
+                "-- gantry: compatible\nALTER TABLE users ADD COLUMN email text;\nINSERT INTO users VALUES (1, 'a@example.com');",
+            ),
+        ],
+    );
+    let ctx = common::step_context("staging", &[("gantry.apply", "001_users,002_email")]);
+    let report = host
+        .migrate(
+            &sql_migrate,
+            &ctx,
+            Direction::Up,
+            &no_secrets(),
+            bound(&db, dir.path()).await,
+        )
+        .await;
+    let outcome = report.result.expect("applied");
+    assert_eq!(outcome.version, "002_email");
+    let names: Vec<_> = outcome.evidence.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(names, ["001_users", "002_email"]);
+    assert_eq!(
+        psql_on(&db.name, "SELECT id || ' ' || email FROM users"),
+        "1 a@example.com"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_file_leaves_nothing_and_names_itself_with_its_sqlstate() {
+    let host = PluginHost::new(HostConfig::default()).expect("host");
+    let sql_migrate = load(&host, 10_000);
+    let db = database("failing");
+    let dir = tempfile::tempdir().expect("dir");
+    files(
+        dir.path(),
+        &[
+            ("001_users.up.sql", "CREATE TABLE users (id int);"),
+            (
+                "002_bad.up.sql",
+                "ALTER TABLE users ADD COLUMN x nosuchtype;",
+            ),
+        ],
+    );
+    let ctx = common::step_context("staging", &[("gantry.apply", "001_users,002_bad")]);
+    let report = host
+        .migrate(
+            &sql_migrate,
+            &ctx,
+            Direction::Up,
+            &no_secrets(),
+            bound(&db, dir.path()).await,
+        )
+        .await;
+    let error = report.result.expect_err("a bad statement");
+    let text = error.to_string();
+    assert!(text.contains("002_bad.up.sql"), "{text}");
+    assert!(text.contains("SQLSTATE 42704"), "{text}");
+    assert_eq!(tables(&db), "", "001 was rolled back with 002");
+    // The lock went with the transaction.
+    let started = Instant::now();
+    Session::begin(&db.url, Duration::from_secs(1))
+        .await
+        .expect("the lock is free");
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn a_call_past_its_time_limit_is_rolled_back_and_frees_the_lock() {
+    let host = PluginHost::new(HostConfig::default()).expect("host");
+    let sql_migrate = load(&host, 500);
+    let db = database("slow");
+    let dir = tempfile::tempdir().expect("dir");
+    files(
+        dir.path(),
+        &[
+            ("001_users.up.sql", "CREATE TABLE users (id int);"),
+            ("002_slow.up.sql", "SELECT pg_sleep(30);"),
+        ],
+    );
+    let ctx = common::step_context("staging", &[("gantry.apply", "001_users,002_slow")]);
+    let started = Instant::now();
+    let report = host
+        .migrate(
+            &sql_migrate,
+            &ctx,
+            Direction::Up,
+            &no_secrets(),
+            bound(&db, dir.path()).await,
+        )
+        .await;
+    let error = report.result.expect_err("too slow");
+    assert_eq!(error.kind(), "timeout", "{error}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The server aborts the transaction once the connection is gone.
+    Session::begin(&db.url, Duration::from_secs(5))
+        .await
+        .expect("the lock is free");
+    assert_eq!(tables(&db), "");
+}
+
+#[tokio::test]
+async fn down_reverts_and_a_missing_file_is_named() {
+    let host = PluginHost::new(HostConfig::default()).expect("host");
+    let sql_migrate = load(&host, 10_000);
+    let db = database("down");
+    psql_on(
+        &db.name,
+        "CREATE TABLE users (id int); CREATE TABLE audit (id int)",
+    );
+    let dir = tempfile::tempdir().expect("dir");
+    files(dir.path(), &[("002_audit.down.sql", "DROP TABLE audit;")]);
+    let ctx = common::step_context("staging", &[("gantry.revert", "002_audit")]);
+    let report = host
+        .migrate(
+            &sql_migrate,
+            &ctx,
+            Direction::Down,
+            &no_secrets(),
+            bound(&db, dir.path()).await,
+        )
+        .await;
+    report.result.expect("reverted");
+    assert_eq!(tables(&db), "users");
+    let ctx = common::step_context("staging", &[("gantry.revert", "001_users")]);
+    let report = host
+        .migrate(
+            &sql_migrate,
+            &ctx,
+            Direction::Down,
+            &no_secrets(),
+            bound(&db, dir.path()).await,
+        )
+        .await;
+    let error = report.result.expect_err("no down file");
+    assert!(error.to_string().contains("001_users.down.sql"), "{error}");
+    assert_eq!(tables(&db), "users");
+}
+
+#[tokio::test]
+async fn without_a_database_every_statement_fails_clearly() {
+    let host = PluginHost::new(HostConfig::default()).expect("host");
+    let sql_migrate = load(&host, 10_000);
+    let dir = tempfile::tempdir().expect("dir");
+    files(
+        dir.path(),
+        &[("001_users.up.sql", "CREATE TABLE users (id int);")],
+    );
+    let ctx = common::step_context("staging", &[("gantry.apply", "001_users")]);
+    let binding = Binding {
+        db: None,
+        files: Some(dir.path().to_path_buf()),
+    };
+    let report = host
+        .migrate(&sql_migrate, &ctx, Direction::Up, &no_secrets(), binding)
+        .await;
+    let error = report.result.expect_err("unbound");
+    assert!(
+        error.to_string().contains("no database is bound"),
+        "{error}"
+    );
+}
+
+fn secrets(db: &Database) -> BTreeMap<String, String> {
+    BTreeMap::from([("DATABASE_URL".to_string(), db.url.clone())])
+}
+
+fn request(direction: Direction, dir: &Path) -> MigrationRequest {
+    MigrationRequest {
+        direction,
+        database: Some("DATABASE_URL".into()),
+        migrations: Some(dir.to_path_buf()),
+        ..MigrationRequest::default()
+    }
+}
+
+fn actions(report: &MigrationReport) -> Vec<(String, UnitAction)> {
+    report
+        .units
+        .iter()
+        .map(|u| (u.id.clone(), u.action))
+        .collect()
+}
+
+fn ledger(db: &Database) -> String {
+    psql_on(
+        &db.name,
+        "SELECT coalesce(string_agg(name || ' ' || run_id, ',' ORDER BY version), '') FROM gantry_schema_migrations",
+    )
+}
+
+#[tokio::test]
+async fn plain_files_apply_once_and_the_ledger_records_them() {
+    let host = PluginHost::new(HostConfig::default()).expect("host");
+    let sql_migrate = load(&host, 10_000);
+    let db = database("ledger");
+    let dir = tempfile::tempdir().expect("dir");
+    files(
+        dir.path(),
+        &[
+            ("001_users.up.sql", "CREATE TABLE users (id int);"),
+            (
+                "002_email.up.sql",
+                "-- gantry: compatible\nALTER TABLE users ADD email text;",
+            ),
+        ],
+    );
+    let ctx = common::step_context("staging", &[]);
+    let up = request(Direction::Up, dir.path());
+    let report = host
+        .migrate_database(&sql_migrate, &ctx, &up, &secrets(&db))
+        .await
+        .result
+        .expect("applied");
+    assert_eq!(report.stopped, None);
+    assert_eq!(
+        actions(&report),
+        [
+            ("001_users".to_string(), UnitAction::Applied),
+            ("002_email".to_string(), UnitAction::Applied)
+        ]
+    );
+    assert!(report.units[1].compatible && !report.units[0].compatible);
+    assert_eq!(ledger(&db), "001_users run-1,002_email run-1");
+    // Again: nothing runs (the plugin is not even handed a file).
+    let again = host
+        .migrate_database(&sql_migrate, &ctx, &up, &secrets(&db))
+        .await
+        .result
+        .expect("again");
+    assert!(
+        again
+            .units
+            .iter()
+            .all(|u| u.action == UnitAction::AlreadyApplied)
+    );
+    assert_eq!(again.outcome.evidence, vec![]);
+    files(
+        dir.path(),
+        &[("003_orders.up.sql", "CREATE TABLE orders (id int);")],
+    );
+    let third = host
+        .migrate_database(&sql_migrate, &ctx, &up, &secrets(&db))
+        .await
+        .result
+        .expect("third");
+    assert_eq!(
+        actions(&third).last(),
+        Some(&("003_orders".to_string(), UnitAction::Applied))
+    );
+    assert_eq!(tables(&db), "gantry_schema_migrations,orders,users");
+}
+
+#[tokio::test]
+async fn an_edited_or_not_upstream_migration_is_refused_before_any_statement() {
+    let host = PluginHost::new(HostConfig::default()).expect("host");
+    let sql_migrate = load(&host, 10_000);
+    let db = database("refused");
+    let dir = tempfile::tempdir().expect("dir");
+    files(
+        dir.path(),
+        &[("001_users.up.sql", "CREATE TABLE users (id int);")],
+    );
+    let ctx = common::step_context("production", &[]);
+    let up = request(Direction::Up, dir.path());
+    let first = host
+        .migrate_database(&sql_migrate, &ctx, &up, &secrets(&db))
+        .await
+        .result
+        .expect("applied");
+    let ran: BTreeMap<String, String> = first
+        .units
+        .iter()
+        .map(|u| (u.id.clone(), u.checksum.clone()))
+        .collect();
+    files(
+        dir.path(),
+        &[
+            ("001_users.up.sql", "CREATE TABLE users (id bigint);"),
+            ("002_orders.up.sql", "CREATE TABLE orders (id int);"),
+        ],
+    );
+    let report = host
+        .migrate_database(&sql_migrate, &ctx, &up, &secrets(&db))
+        .await
+        .result
+        .expect("a report");
+    let Some(MigrationStop::Refused { file, reason }) = report.stopped else {
+        panic!("not refused: {report:?}");
+    };
+    assert_eq!(file.as_deref(), Some("001_users.up.sql"));
+    assert!(reason.contains("changed after it was applied"), "{reason}");
+    // Put 001 back: 002 did not run upstream.
+    files(
+        dir.path(),
+        &[("001_users.up.sql", "CREATE TABLE users (id int);")],
+    );
+    let mut guarded = up.clone();
+    guarded.upstream = Some(Upstream {
+        environment: "staging".into(),
+        ran,
+    });
+    let report = host
+        .migrate_database(&sql_migrate, &ctx, &guarded, &secrets(&db))
+        .await
+        .result
+        .expect("a report");
+    let Some(MigrationStop::Refused { file, reason }) = report.stopped else {
+        panic!("not refused: {report:?}");
+    };
+    assert_eq!(file.as_deref(), Some("002_orders.up.sql"));
+    assert!(reason.contains("never ran in staging"), "{reason}");
+    assert_eq!(tables(&db), "gantry_schema_migrations,users");
+}
+
+#[tokio::test]
+async fn a_failed_file_stops_with_its_name_and_sqlstate_and_records_nothing() {
+    let host = PluginHost::new(HostConfig::default()).expect("host");
+    let sql_migrate = load(&host, 10_000);
+    let db = database("stops");
+    let dir = tempfile::tempdir().expect("dir");
+    files(
+        dir.path(),
+        &[
+            ("001_users.up.sql", "CREATE TABLE users (id int);"),
+            ("002_bad.up.sql", "ALTER TABLE nosuch ADD x int;"),
+        ],
+    );
+    let ctx = common::step_context("staging", &[]);
+    let report = host
+        .migrate_database(
+            &sql_migrate,
+            &ctx,
+            &request(Direction::Up, dir.path()),
+            &secrets(&db),
+        )
+        .await
+        .result
+        .expect("a report");
+    let Some(MigrationStop::Failed { file, sqlstate, .. }) = report.stopped else {
+        panic!("not failed: {report:?}");
+    };
+    assert_eq!(file.as_deref(), Some("002_bad.up.sql"));
+    assert_eq!(sqlstate.as_deref(), Some("42P01"));
+    assert_eq!(ledger(&db), "");
+    assert_eq!(tables(&db), "gantry_schema_migrations");
+}
+
+#[tokio::test]
+async fn down_reverts_what_is_applied_and_refuses_without_a_down_file() {
+    let host = PluginHost::new(HostConfig::default()).expect("host");
+    let sql_migrate = load(&host, 10_000);
+    let db = database("revert");
+    let dir = tempfile::tempdir().expect("dir");
+    files(
+        dir.path(),
+        &[
+            ("001_users.up.sql", "CREATE TABLE users (id int);"),
+            ("002_orders.up.sql", "CREATE TABLE orders (id int);"),
+            ("002_orders.down.sql", "DROP TABLE orders;"),
+        ],
+    );
+    let ctx = common::step_context("staging", &[]);
+    let secrets = secrets(&db);
+    host.migrate_database(
+        &sql_migrate,
+        &ctx,
+        &request(Direction::Up, dir.path()),
+        &secrets,
+    )
+    .await
+    .result
+    .expect("applied");
+    let mut down = request(Direction::Down, dir.path());
+    down.revert = vec!["002_orders".into(), "003_never".into()];
+    let report = host
+        .migrate_database(&sql_migrate, &ctx, &down, &secrets)
+        .await
+        .result
+        .expect("a report");
+    assert!(
+        matches!(&report.stopped, Some(MigrationStop::Refused { file: Some(f), .. }) if f == "003_never.up.sql"),
+        "{report:?}"
+    );
+    assert_eq!(
+        tables(&db),
+        "gantry_schema_migrations,orders,users",
+        "nothing ran"
+    );
+    down.revert = vec!["002_orders".into()];
+    let report = host
+        .migrate_database(&sql_migrate, &ctx, &down, &secrets)
+        .await
+        .result
+        .expect("reverted");
+    assert_eq!(
+        actions(&report),
+        [("002_orders".to_string(), UnitAction::Reverted)]
+    );
+    assert_eq!(ledger(&db), "001_users run-1");
+    down.revert = vec!["002_orders".into(), "001_users".into()];
+    let report = host
+        .migrate_database(&sql_migrate, &ctx, &down, &secrets)
+        .await
+        .result
+        .expect("a report");
+    let Some(MigrationStop::Refused { file, reason }) = report.stopped else {
+        panic!("not refused: {report:?}");
+    };
+    assert_eq!(file.as_deref(), Some("001_users.down.sql"));
+    assert!(reason.contains("no down file"), "{reason}");
+    assert_eq!(tables(&db), "gantry_schema_migrations,users");
+}
+
+#[tokio::test]
+async fn a_backup_is_taken_before_the_first_statement_and_restores() {
+    let host = PluginHost::new(HostConfig::default()).expect("host");
+    let sql_migrate = load(&host, 10_000);
+    let db = database("backup");
+    psql_on(
+        &db.name,
+        "CREATE TABLE users (id int, name text); INSERT INTO users VALUES (1, 'ada')",
+    );
+    let dir = tempfile::tempdir().expect("dir");
+    files(
+        dir.path(),
+        &[("001_rename.up.sql", "UPDATE users SET name = 'grace';")],
+    );
+    let backups = tempfile::tempdir().expect("backups");
+    let mut up = request(Direction::Up, dir.path());
+    up.backup_to = Some(backups.path().to_path_buf());
+    let ctx = common::step_context("production", &[]);
+    let report = host
+        .migrate_database(&sql_migrate, &ctx, &up, &secrets(&db))
+        .await
+        .result
+        .expect("applied");
+    let backup = report.backup.expect("a backup");
+    let (bytes, sha256) = gantry_sql_pg::hash_file(&backup.file).await.expect("hash");
+    assert_eq!((backup.bytes, backup.sha256.clone()), (bytes, sha256));
+    assert!(backup.file.starts_with(backups.path()));
+    assert_eq!(psql_on(&db.name, "SELECT name FROM users"), "grace");
+    // Nothing pending: no backup.
+    let again = host
+        .migrate_database(&sql_migrate, &ctx, &up, &secrets(&db))
+        .await
+        .result
+        .expect("again");
+    assert_eq!(again.backup, None);
+    // The restore takes the ledger back too: 001 is pending again.
+    gantry_sql_pg::restore(&db.url, &backup.file)
+        .await
+        .expect("restore");
+    assert_eq!(psql_on(&db.name, "SELECT name FROM users"), "ada");
+    assert_eq!(ledger(&db), "");
+}

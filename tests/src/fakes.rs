@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use gantry_engine::{DeployRequest, Deployer};
 use gantry_pipeline::Deploy;
 use gantry_plugin_api::{
-    Decision, Direction, Event, MigrationOutcome, PluginFailure, PluginRef, PluginRunner,
-    SecretSource, StepContext, Verdict,
+    Decision, Direction, Event, MigrationOutcome, MigrationReport, MigrationRequest, PluginFailure,
+    PluginRef, PluginRunner, SecretSource, StepContext, Verdict,
 };
 
 /// A gate's behaviour: the answer to one evaluation.
@@ -129,16 +129,19 @@ impl PluginRunner for FakePlugins {
         &self,
         _: PluginRef<'_>,
         ctx: &StepContext,
-        direction: Direction,
+        request: &MigrationRequest,
         _: &dyn SecretSource,
-    ) -> Result<MigrationOutcome, PluginFailure> {
+    ) -> Result<MigrationReport, PluginFailure> {
         self.count(&ctx.idempotency_key);
-        Ok(MigrationOutcome {
-            version: match direction {
-                Direction::Up => "2".into(),
-                Direction::Down => "1".into(),
+        Ok(MigrationReport {
+            outcome: MigrationOutcome {
+                version: match request.direction {
+                    Direction::Up => "2".into(),
+                    Direction::Down => "1".into(),
+                },
+                evidence: vec![],
             },
-            evidence: vec![],
+            ..MigrationReport::default()
         })
     }
 }

@@ -39,7 +39,7 @@ fn run(ctx: &StepContext, key: &str, direction: &str) -> Result<Outcome, String>
         let rows = sql::execute(&text, &[]).map_err(|e| format!("{file}: {e}"))?;
         let ms = clock::now_ms().saturating_sub(started);
         log::info(&format!("{file}: {rows} rows in {ms} ms"));
-        evidence.push(Observation::new(stem, format!("{direction} in {ms} ms")));
+        evidence.push(Observation::new(format!("{stem}.{direction}_ms"), ms));
         version = stem.to_string();
     }
     Ok(Outcome { version, evidence })

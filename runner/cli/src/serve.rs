@@ -14,7 +14,7 @@ use gantry_engine::{Engine, EngineConfig};
 use gantry_github::{GithubAuth, GithubReporter};
 use gantry_pipeline::Pipeline;
 use gantry_plugin_api::{
-    Direction, Event, MigrationOutcome, PluginFailure, PluginRef, PluginRunner, SecretSource,
+    Event, MigrationReport, MigrationRequest, PluginFailure, PluginRef, PluginRunner, SecretSource,
     StepContext, Verdict,
 };
 use gantry_plugin_host::{HostConfig, HostedPlugins, PluginHost};
@@ -326,6 +326,7 @@ async fn open(
         lease: Duration::from_secs(args.lease),
         sweep_every: Duration::from_secs(args.sweep_every),
         sweep_grace: Duration::from_secs(args.sweep_grace),
+        backup_dir: Some(args.data_dir.join("backups")),
         review_recheck: receiver
             .github
             .protection_rule_recheck_secs
@@ -424,9 +425,9 @@ impl PluginRunner for NoPlugins {
         &self,
         plugin: PluginRef<'_>,
         _: &StepContext,
-        _: Direction,
+        _: &MigrationRequest,
         _: &dyn SecretSource,
-    ) -> Result<MigrationOutcome, PluginFailure> {
+    ) -> Result<MigrationReport, PluginFailure> {
         Err(Self::refuse(plugin))
     }
 }

@@ -120,6 +120,18 @@ const BROKEN: &[(&str, &str, &str, &str)] = &[
         "plugins.health.manifest: limits.timeout_ms must be from 1 to 900000",
     ),
     (
+        "a migration's database that is not one of the environment's secrets",
+        "      - gate:\n",
+        "      - migrate:\n          plugin: health\n          database: DATABASE_URL\n      - gate:\n",
+        "environments.dev.steps[1].migrate.database: `DATABASE_URL` is not one of this environment's `secrets:`",
+    ),
+    (
+        "plain SQL migrations without a database, in a missing directory",
+        "      - gate:\n",
+        "      - migrate:\n          plugin: health\n          migrations: no/such/dir\n      - gate:\n",
+        "environments.dev.steps[1].migrate.migrations: plain SQL migrations need `database:`",
+    ),
+    (
         "more required approvals than a run may record",
         "approvers: [bob]",
         "approvers: [a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21]\n          required: 21",

@@ -647,6 +647,10 @@ pub struct Stage {
     /// Migration steps applied, in order (undone on rollback).
     #[serde(default)]
     pub migrations: Vec<String>,
+    /// The plain SQL migrations this stage applied, in order: what a
+    /// rollback reverts (the incompatible ones) or keeps.
+    #[serde(default)]
+    pub applied: Vec<AppliedMigration>,
     /// The rollback under way, once a step failed after a deploy.
     #[serde(default)]
     pub rollback: Option<Rollback>,
@@ -671,12 +675,24 @@ impl Stage {
             deployment_id: None,
             ticket: None,
             migrations: vec![],
+            applied: vec![],
             rollback: None,
             failure: None,
             started_ms: None,
             finished_ms: None,
         }
     }
+}
+
+/// A plain SQL migration a stage applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedMigration {
+    /// The migrate step.
+    pub step: String,
+    /// `NNN_name`.
+    pub id: String,
+    /// It keeps the previous release working: a rollback keeps it.
+    pub compatible: bool,
 }
 
 /// A rollback: what it restores and what it has done.

@@ -213,6 +213,8 @@ struct FileEnvironment {
     #[serde(default)]
     url: Option<String>,
     #[serde(default)]
+    protected: bool,
+    #[serde(default)]
     steps: Vec<FileStep>,
 }
 
@@ -361,7 +363,7 @@ impl Check {
             .environments
             .0
             .into_iter()
-            .map(|(name, env)| self.environment(name, env, &names, &plugins))
+            .map(|(name, env)| self.environment(name, env, &names, &plugins, base))
             .collect();
         self.promotion_cycles(&environments);
         self.totals(&environments);
@@ -462,6 +464,7 @@ impl Check {
         env: FileEnvironment,
         names: &[String],
         plugins: &BTreeMap<String, PluginDecl>,
+        base: &Path,
     ) -> Environment {
         let field = format!("environments.{name}");
         self.name(&field, &name);
@@ -528,7 +531,7 @@ impl Check {
         let mut seen = BTreeSet::new();
         for (i, step) in env.steps.into_iter().enumerate() {
             let field = format!("{field}.steps[{i}]");
-            if let Some(step) = self.step(&field, step, plugins) {
+            if let Some(step) = self.step(&field, step, plugins, (&env.secrets, base)) {
                 self.name(&format!("{field}.{}.name", step.kind.name()), &step.name);
                 if !seen.insert(step.name.clone()) {
                     self.problem(
@@ -547,6 +550,7 @@ impl Check {
             concurrency: env.concurrency,
             on_failure: env.on_failure,
             url: env.url,
+            protected: env.protected,
             steps,
         }
     }
@@ -556,6 +560,7 @@ impl Check {
         field: &str,
         step: FileStep,
         plugins: &BTreeMap<String, PluginDecl>,
+        (secrets, base): (&[String], &Path),
     ) -> Option<Step> {
         let mut kinds = Vec::new();
         if let Some(d) = step.deploy {
@@ -583,9 +588,9 @@ impl Check {
             );
             return None;
         }
-        let kind = kinds.pop()?;
+        let mut kind = kinds.pop()?;
         let field = format!("{field}.{}", kind.name());
-        let name = match &kind {
+        let name = match &mut kind {
             StepKind::Deploy(d) => {
                 self.deploy(&field, d);
                 d.name.clone()
@@ -627,6 +632,7 @@ impl Check {
             }
             StepKind::Migrate(m) => {
                 self.plugin_ref(&format!("{field}.plugin"), &m.plugin, plugins);
+                self.migrate(&field, m, secrets, base);
                 m.name.clone()
             }
             StepKind::Canary(c) => {
@@ -642,6 +648,36 @@ impl Check {
             name: name.unwrap_or_else(|| kind.name().to_string()),
             kind,
         })
+    }
+
+    /// A migrate step's database and files: the secret must be the
+    /// environment's, the directory must exist (made absolute here).
+    fn migrate(&mut self, field: &str, m: &mut Migrate, secrets: &[String], base: &Path) {
+        if let Some(database) = &m.database
+            && !secrets.contains(database)
+        {
+            self.problem(
+                format!("{field}.database"),
+                format!("`{database}` is not one of this environment's `secrets:`"),
+            );
+        }
+        let Some(dir) = &m.migrations else {
+            return;
+        };
+        if m.database.is_none() {
+            self.problem(
+                format!("{field}.migrations"),
+                "plain SQL migrations need `database:`, the secret with the connection string",
+            );
+        }
+        let dir = base.join(dir);
+        if !dir.is_dir() {
+            self.problem(
+                format!("{field}.migrations"),
+                format!("no directory at {}", dir.display()),
+            );
+        }
+        m.migrations = Some(dir);
     }
 
     fn approvers(&mut self, field: &str, approvers: &[String]) {

@@ -125,6 +125,9 @@ pub struct Environment {
     pub on_failure: OnFailure,
     /// The public URL of the environment, if any.
     pub url: Option<String>,
+    /// Production-like: its migrations back the database up first.
+    #[serde(default)]
+    pub protected: bool,
     /// The steps, in order.
     pub steps: Vec<Step>,
 }
@@ -302,11 +305,25 @@ pub struct Migrate {
     /// Its name, unique in the environment (default: the kind).
     #[serde(default)]
     pub name: Option<String>,
-    /// A declared migration plugin.
+    /// A declared migration plugin (`sql-migrate` for plain SQL files).
     pub plugin: String,
     /// The plugin's config.
     #[serde(default)]
     pub with: BTreeMap<String, ConfigValue>,
+    /// The environment's secret holding the database's connection string:
+    /// the host binds the plugin's `sql` to that database; the plugin never
+    /// sees the secret.
+    #[serde(default)]
+    pub database: Option<String>,
+    /// A directory of plain SQL migrations (`NNN_name.up.sql`,
+    /// `NNN_name.down.sql`): relative to the pipeline file in the file,
+    /// absolute once loaded.
+    #[serde(default)]
+    pub migrations: Option<PathBuf>,
+    /// Back the database up before the first statement; by default when
+    /// the environment is `protected`.
+    #[serde(default)]
+    pub backup: Option<bool>,
 }
 
 /// A canary.

@@ -6,7 +6,8 @@ use std::path::Path;
 use async_trait::async_trait;
 
 use crate::manifest::Manifest;
-use crate::types::{Direction, Event, MigrationOutcome, StepContext, Verdict};
+use crate::migration::{MigrationReport, MigrationRequest};
+use crate::types::{Event, StepContext, Verdict};
 
 /// Where secret values come from. A host asks only for the names the
 /// plugin's manifest grants in the call's environment.
@@ -71,12 +72,15 @@ pub trait PluginRunner: Send + Sync {
         secrets: &dyn SecretSource,
     ) -> Result<(), PluginFailure>;
 
-    /// Runs migration `plugin` in `direction`.
+    /// Runs migration `plugin` as `request` says: bound to the database
+    /// its secret names, on the plain SQL files it names. A refusal or a
+    /// failed statement is a report with [`MigrationReport::stopped`]
+    /// set (nothing changed); a failure is a call that could not be made.
     async fn migrate(
         &self,
         plugin: PluginRef<'_>,
         ctx: &StepContext,
-        direction: Direction,
+        request: &MigrationRequest,
         secrets: &dyn SecretSource,
-    ) -> Result<MigrationOutcome, PluginFailure>;
+    ) -> Result<MigrationReport, PluginFailure>;
 }

@@ -4,11 +4,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
-use gantry_plugin_api::{PluginFailure, PluginRef, PluginRunner, SecretSource, component_digest};
+use gantry_plugin_api::{
+    MigrationReport, MigrationRequest, PluginFailure, PluginRef, PluginRunner, SecretSource,
+    component_digest,
+};
 
 use crate::host::{Plugin, PluginHost};
-use crate::state::Binding;
-use crate::types::{Direction, Event, MigrationOutcome, StepContext, Verdict, World};
+use crate::types::{Event, StepContext, Verdict, World};
 
 /// Every plugin the running pipelines use, loaded once; a plugin of an older
 /// pipeline version (a run that started before the file changed) is loaded
@@ -156,14 +158,11 @@ impl PluginRunner for HostedPlugins {
         &self,
         plugin: PluginRef<'_>,
         ctx: &StepContext,
-        direction: Direction,
+        request: &MigrationRequest,
         secrets: &dyn SecretSource,
-    ) -> Result<MigrationOutcome, PluginFailure> {
+    ) -> Result<MigrationReport, PluginFailure> {
         let p = self.plugin(plugin, World::Migration).await?;
-        let report = self
-            .host
-            .migrate(&p, ctx, direction, secrets, Binding::default())
-            .await;
+        let report = self.host.migrate_database(&p, ctx, request, secrets).await;
         report.result.map_err(|e| call_failure(&p, e))
     }
 }

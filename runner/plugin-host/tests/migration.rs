@@ -80,7 +80,7 @@ async fn files_apply_in_order_and_commit_together() {
     let outcome = report.result.expect("applied");
     assert_eq!(outcome.version, "002_email");
     let names: Vec<_> = outcome.evidence.iter().map(|o| o.name.as_str()).collect();
-    assert_eq!(names, ["001_users", "002_email"]);
+    assert_eq!(names, ["001_users.up_ms", "002_email.up_ms"]);
     assert_eq!(
         psql_on(&db.name, "SELECT id || ' ' || email FROM users"),
         "1 a@example.com"
@@ -514,4 +514,61 @@ async fn a_backup_is_taken_before_the_first_statement_and_restores() {
         .expect("restore");
     assert_eq!(psql_on(&db.name, "SELECT name FROM users"), "ada");
     assert_eq!(ledger(&db), "");
+}
+
+#[tokio::test]
+async fn a_migration_cannot_read_its_database_secret_open_sockets_call_unlisted_origins_or_write_files()
+ {
+    let host = PluginHost::new(HostConfig::default()).expect("host");
+    // It even asks for the database secret and one origin.
+    let manifest = Manifest::from_toml(
+        "[secrets]\nstaging = [\"DATABASE_URL\"]\n[http]\nallow = [\"http://127.0.0.1:1\"]\n",
+    )
+    .expect("manifest");
+    let hostile = host
+        .load("hostile-migration", &plugin("hostile-migration"), manifest)
+        .expect("load");
+    let db = database("hostile");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let custom = MigrationRequest {
+        direction: Direction::Up,
+        database: Some("DATABASE_URL".into()),
+        ..MigrationRequest::default()
+    };
+    let cases = [
+        ("secret", ("secret", "DATABASE_URL"), "is not visible"),
+        ("socket", ("addr", addr.as_str()), "socket connect"),
+        ("http", ("url", "http://127.0.0.1:2/"), "denied"),
+    ];
+    for (mode, extra, expected) in cases {
+        let ctx = common::step_context("staging", &[("mode", mode), extra]);
+        let report = host
+            .migrate_database(&hostile, &ctx, &custom, &secrets(&db))
+            .await;
+        let error = report.result.expect_err(mode).to_string();
+        assert!(error.contains(expected), "{mode}: {error}");
+        assert!(!error.contains(&db.url), "{mode}: {error}");
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    files(
+        dir.path(),
+        &[("001_users.up.sql", "CREATE TABLE users (id int);")],
+    );
+    let ctx = common::step_context("staging", &[("mode", "write")]);
+    let report = host
+        .migrate_database(
+            &hostile,
+            &ctx,
+            &request(Direction::Up, dir.path()),
+            &secrets(&db),
+        )
+        .await
+        .result
+        .expect("a report");
+    let Some(MigrationStop::Failed { message, .. }) = report.stopped else {
+        panic!("the write was allowed: {report:?}");
+    };
+    assert!(message.contains("writing /migrations failed"), "{message}");
+    assert_eq!(ledger(&db), "", "nothing of the call stays");
 }

@@ -4,7 +4,10 @@
 //! `rollback`.
 
 use gantry_pipeline::{Environment, NotifyEvent, OnFailure, StepKind};
-use gantry_plugin_api::{Direction, PluginRef, StepContext};
+use gantry_plugin_api::{
+    Direction, MigrationReport, MigrationRequest, MigrationStop, PluginRef, StepContext,
+    UnitAction, Upstream,
+};
 
 use super::advance::Cx;
 use super::effects::{Slot, effect_key, notification_key, report_key};
@@ -239,24 +242,87 @@ impl Engine {
         name: &str,
         spec: &gantry_pipeline::Migrate,
     ) -> Result<Next, Error> {
-        let outcome = self
-            .migrate_effect(cx, env, name, spec, Direction::Up)
-            .await?;
-        stage(cx.run)?.migrations.push(name.to_string());
-        self.pass_step(cx.run, &outcome)
+        let backup = spec.backup.unwrap_or(env.protected);
+        let backup_to = match (backup, &self.config.backup_dir) {
+            (false, _) => None,
+            (true, Some(dir)) => Some(dir.clone()),
+            (true, None) => {
+                let why = format!(
+                    "migration {name} must back the database up first, and this server has no backup directory"
+                );
+                return self.fail_step(cx, env, &why).await;
+            }
+        };
+        let request = MigrationRequest {
+            direction: Direction::Up,
+            database: spec.database.clone(),
+            migrations: spec.migrations.clone(),
+            revert: Vec::new(),
+            upstream: self.upstream_migrations(cx, env, spec).await?,
+            backup_to,
+        };
+        let report = self.migrate_effect(cx, env, name, spec, &request).await?;
+        if let Some(stop) = &report.stopped {
+            return self
+                .fail_step(cx, env, &format!("migration {name} {stop}"))
+                .await;
+        }
+        let stage = stage(cx.run)?;
+        stage.migrations.push(name.to_string());
+        stage.applied.extend(
+            report
+                .units
+                .iter()
+                .filter(|u| u.action == UnitAction::Applied)
+                .map(|u| AppliedMigration {
+                    step: name.to_string(),
+                    id: u.id.clone(),
+                    compatible: u.compatible,
+                }),
+        );
+        self.pass_step(cx.run, &migration_summary(&report, Direction::Up))
     }
 
-    /// Runs migration step `name` in `direction`, as an effect, and records
-    /// it; returns its summary.
+    /// What ran in the environment this one promotes from, for the
+    /// artifact: plain SQL migrations and their checksums, from its
+    /// `migration` evidence. `None` without `promote_from` or files.
+    async fn upstream_migrations(
+        &self,
+        cx: &Cx<'_>,
+        env: &Environment,
+        spec: &gantry_pipeline::Migrate,
+    ) -> Result<Option<Upstream>, Error> {
+        let (Some(from), Some(_)) = (&env.trigger.promote_from, &spec.migrations) else {
+            return Ok(None);
+        };
+        let entries = self
+            .entries(&cx.run.pipeline, &cx.run.artifact.commit_sha, from)
+            .await?;
+        let ran = entries
+            .iter()
+            .filter(|e| e.kind == "migration")
+            .flat_map(|e| e.observations.iter())
+            .filter_map(|(name, value)| ran_checksum(value).map(|sum| (name.clone(), sum)))
+            .collect();
+        Ok(Some(Upstream {
+            environment: from.clone(),
+            ran,
+        }))
+    }
+
+    /// Runs migration step `name` as `request` says, as an effect, and
+    /// records it: one observation per migration (`NNN_name`: what
+    /// happened, its checksum, compatible or not, with a down or not), the
+    /// backup, the lock wait, and why it stopped.
     pub(super) async fn migrate_effect(
         &self,
         cx: &mut Cx<'_>,
         env: &Environment,
         name: &str,
         spec: &gantry_pipeline::Migrate,
-        direction: Direction,
-    ) -> Result<String, Error> {
-        let slot = match direction {
+        request: &MigrationRequest,
+    ) -> Result<MigrationReport, Error> {
+        let slot = match request.direction {
             Direction::Up => Slot::Up,
             Direction::Down => Slot::Down,
         };
@@ -264,22 +330,18 @@ impl Engine {
         let ctx = self.context(cx.run, env, name, 1, key.clone(), with_list(&spec.with));
         let plugin = plugin_ref(cx.def, &spec.plugin)?;
         let secrets = self.secrets(env);
-        let outcome = self
+        let report = self
             .effect(
                 cx,
                 &key,
-                self.plugins.migrate(plugin, &ctx, direction, &secrets),
+                self.plugins.migrate(plugin, &ctx, request, &secrets),
             )
             .await??;
         let id = cx.run.id.clone();
-        let version = cap(&outcome.version, bounded::VERSION, "migration version", &id);
-        let summary = match direction {
-            Direction::Up => format!("migrated to version {version}"),
-            Direction::Down => format!("migrated down to version {version}"),
-        };
-        let observed = observations(outcome.evidence, &id);
+        let summary = migration_summary(&report, request.direction);
+        let observed = observations(migration_evidence(&report), &id);
         self.record(cx, &env.name, name, "migration", &summary, observed, None);
-        Ok(summary)
+        Ok(report)
     }
 
     /// The current step passed.
@@ -340,7 +402,9 @@ impl Engine {
             .failure
             .clone()
             .unwrap_or_else(|| "a step failed".into());
-        if env.on_failure == OnFailure::Rollback && stage_now.deployed {
+        // A migration changed the environment as much as a deploy did.
+        let changed = stage_now.deployed || !stage_now.migrations.is_empty();
+        if env.on_failure == OnFailure::Rollback && changed {
             let to = self
                 .env(cx.tx, &cx.run.pipeline, &env.name)
                 .await?
@@ -562,4 +626,87 @@ pub(crate) fn observations(
         evidence.into_iter().map(|o| (o.name, o.value)).collect(),
         run,
     )
+}
+
+/// One line for a migrate call.
+fn migration_summary(report: &MigrationReport, direction: Direction) -> String {
+    let count = |action| report.units.iter().filter(|u| u.action == action).count();
+    let version = &report.outcome.version;
+    match (&report.stopped, direction) {
+        (Some(stop), _) => stop.to_string(),
+        (None, Direction::Up) if report.units.is_empty() => {
+            format!("migrated to version {version}")
+        }
+        (None, Direction::Up) => format!(
+            "{} applied, {} already applied",
+            count(UnitAction::Applied),
+            count(UnitAction::AlreadyApplied)
+        ),
+        (None, Direction::Down) if report.units.is_empty() => {
+            format!("migrated down to version {version}")
+        }
+        (None, Direction::Down) => format!("{} reverted", count(UnitAction::Reverted)),
+    }
+}
+
+/// A migrate call's evidence: the plugin's own, then one entry per
+/// migration, the backup, the lock wait, and why it stopped.
+fn migration_evidence(report: &MigrationReport) -> Vec<gantry_plugin_api::Observation> {
+    let obs = |name: &str, value: String| gantry_plugin_api::Observation {
+        name: name.to_string(),
+        value,
+    };
+    let mut evidence = report.outcome.evidence.clone();
+    for u in &report.units {
+        evidence.push(obs(
+            &u.id,
+            format!(
+                "{} sha256:{} {} down:{}",
+                u.action.as_str(),
+                u.checksum,
+                if u.compatible {
+                    "compatible"
+                } else {
+                    "incompatible"
+                },
+                if u.has_down { "yes" } else { "no" }
+            ),
+        ));
+    }
+    if let Some(b) = &report.backup {
+        evidence.push(obs("backup.file", b.file.display().to_string()));
+        evidence.push(obs("backup.bytes", b.bytes.to_string()));
+        evidence.push(obs("backup.sha256", b.sha256.clone()));
+        evidence.push(obs("backup.ms", b.duration_ms.to_string()));
+    }
+    if !report.units.is_empty() || report.lock_wait_ms > 0 {
+        evidence.push(obs("lock.wait_ms", report.lock_wait_ms.to_string()));
+    }
+    match &report.stopped {
+        Some(MigrationStop::Refused { file, reason }) => {
+            evidence.extend(file.iter().map(|f| obs("error.file", f.clone())));
+            evidence.push(obs("error.refused", reason.clone()));
+        }
+        Some(MigrationStop::Failed {
+            file,
+            sqlstate,
+            message,
+        }) => {
+            evidence.extend(file.iter().map(|f| obs("error.file", f.clone())));
+            evidence.extend(sqlstate.iter().map(|s| obs("error.sqlstate", s.clone())));
+            evidence.push(obs("error.message", message.clone()));
+        }
+        None => {}
+    }
+    evidence
+}
+
+/// The checksum in a migration observation that says it ran (`applied
+/// sha256:...` or `already applied sha256:...`).
+fn ran_checksum(value: &str) -> Option<String> {
+    let rest = value
+        .strip_prefix("applied sha256:")
+        .or_else(|| value.strip_prefix("already applied sha256:"))?;
+    let sum = rest.split_whitespace().next()?;
+    (sum.len() == 64 && sum.chars().all(|c| c.is_ascii_hexdigit())).then(|| sum.to_string())
 }

@@ -100,6 +100,9 @@ pub struct EngineConfig {
     /// How long past its due time a run may go without a message being
     /// handled before the sweeper sends it another.
     pub sweep_grace: Duration,
+    /// Where a migration's backup (`pg_dump`) goes; `None`: a step that
+    /// must back up fails, saying so.
+    pub backup_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for EngineConfig {
@@ -118,6 +121,7 @@ impl Default for EngineConfig {
             backoff_cap: Duration::from_secs(300),
             sweep_every: Duration::from_secs(10),
             sweep_grace: Duration::from_secs(60),
+            backup_dir: None,
         }
     }
 }

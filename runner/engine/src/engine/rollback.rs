@@ -5,7 +5,7 @@
 //! one effect and one checkpoint.
 
 use gantry_pipeline::{Environment, NotifyEvent, StepKind};
-use gantry_plugin_api::Direction;
+use gantry_plugin_api::{Direction, MigrationRequest};
 
 use super::advance::Cx;
 use super::effects::{Slot, effect_key};
@@ -68,22 +68,84 @@ impl Engine {
             RollbackStep::Do(action) => action,
         };
         match &action {
-            RollbackAction::MigrateDown(name) => {
-                let spec = env.steps.iter().find_map(|s| match &s.kind {
-                    StepKind::Migrate(m) if s.name == *name => Some(m.clone()),
-                    _ => None,
-                });
-                if let Some(m) = spec {
-                    self.migrate_effect(cx, env, name, &m, Direction::Down)
-                        .await?;
-                }
-            }
+            RollbackAction::MigrateDown(name) => self.migrate_down(cx, env, name).await?,
             RollbackAction::Redeploy(name) => self.redeploy(cx, env, name).await?,
         }
         if let Some(rollback) = stage(cx.run)?.rollback.as_mut() {
             rollback.done.push(action);
         }
         Ok(Next::Continue)
+    }
+
+    /// Undoes migration step `name`: of its plain SQL migrations, the
+    /// incompatible ones run their down, newest first, in one call; the
+    /// compatible ones stay (the evidence says so). A custom plugin runs
+    /// its whole down. A step no longer in the pipeline, a missing down
+    /// file or a down that fails needs a person: the message is
+    /// dead-lettered and the run waits with a notification, never skipped.
+    async fn migrate_down(
+        &self,
+        cx: &mut Cx<'_>,
+        env: &Environment,
+        name: &str,
+    ) -> Result<(), Error> {
+        let spec = env.steps.iter().find_map(|s| match &s.kind {
+            StepKind::Migrate(m) if s.name == name => Some(m.clone()),
+            _ => None,
+        });
+        let Some(spec) = spec else {
+            return Err(Error::Terminal(format!(
+                "rollback: migration step {name} is not in {}'s steps any more; its changes cannot be undone without a person",
+                env.name
+            )));
+        };
+        let applied: Vec<_> = stage(cx.run)?
+            .applied
+            .iter()
+            .filter(|a| a.step == name)
+            .cloned()
+            .collect();
+        let kept: Vec<_> = applied
+            .iter()
+            .filter(|a| a.compatible)
+            .map(|a| a.id.clone())
+            .collect();
+        if !kept.is_empty() {
+            let observed = kept
+                .iter()
+                .map(|id| {
+                    (
+                        id.clone(),
+                        "kept: compatible with the previous release".to_string(),
+                    )
+                })
+                .collect();
+            let summary = format!("kept {} compatible migrations", kept.len());
+            self.record(cx, &env.name, name, "migration", &summary, observed, None);
+        }
+        let revert: Vec<String> = applied
+            .iter()
+            .rev()
+            .filter(|a| !a.compatible)
+            .map(|a| a.id.clone())
+            .collect();
+        if spec.migrations.is_some() && revert.is_empty() {
+            return Ok(());
+        }
+        let request = MigrationRequest {
+            direction: Direction::Down,
+            database: spec.database.clone(),
+            migrations: spec.migrations.clone(),
+            revert,
+            ..MigrationRequest::default()
+        };
+        let report = self.migrate_effect(cx, env, name, &spec, &request).await?;
+        match report.stopped {
+            None => Ok(()),
+            Some(stop) => Err(Error::Terminal(format!(
+                "rollback: migration {name} {stop}; a person must undo it (then `gantry dlq retry`)"
+            ))),
+        }
     }
 
     /// Redeploys the previous artifact through step `name`. A failure is

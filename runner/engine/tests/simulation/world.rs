@@ -14,8 +14,8 @@ use gantry_engine::{
 };
 use gantry_pipeline::{Deploy, Pipeline};
 use gantry_plugin_api::{
-    Decision, Direction, Event, MigrationOutcome, PluginFailure, PluginRef, PluginRunner,
-    SecretSource, StepContext, Verdict,
+    Decision, Event, MigrationOutcome, MigrationReport, MigrationRequest, PluginFailure, PluginRef,
+    PluginRunner, SecretSource, StepContext, Verdict,
 };
 use gantry_store::{Backend, Clock, Queue};
 use serde_json::json;
@@ -208,16 +208,22 @@ impl PluginRunner for Outside {
         &self,
         _: PluginRef<'_>,
         ctx: &StepContext,
-        direction: Direction,
+        request: &MigrationRequest,
         _: &dyn SecretSource,
-    ) -> Result<MigrationOutcome, PluginFailure> {
+    ) -> Result<MigrationReport, PluginFailure> {
         self.apply(
             &ctx.idempotency_key,
-            format!("migrate {direction:?} {}", ctx.artifact.commit_sha),
+            format!(
+                "migrate {:?} {}",
+                request.direction, ctx.artifact.commit_sha
+            ),
         );
-        Ok(MigrationOutcome {
-            version: "7".into(),
-            evidence: vec![],
+        Ok(MigrationReport {
+            outcome: MigrationOutcome {
+                version: "7".into(),
+                evidence: vec![],
+            },
+            ..MigrationReport::default()
         })
     }
 }

@@ -1,0 +1,309 @@
+//! Plain SQL migrations through the real binary on two real PostgreSQL
+//! databases: an artifact with an expand migration and an incompatible one
+//! goes through staging, then production (protected: backed up first);
+//! its canary fails, and the rollback reverts the incompatible migration,
+//! keeps the expand one, and leaves the rows written before the run.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use gantry_tests::postgres::{Database, bin, database, psql_on};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// The example pipeline with a `migrate` step in staging (before its
+/// deploy) and in production (after its approval), each on its own
+/// database.
+fn with_migrations(text: String) -> String {
+    let migrate = |secret: &str| {
+        format!(
+            "      - migrate:\n          plugin: sql-migrate\n          database: {secret}\n          migrations: db/migrations\n"
+        )
+    };
+    text.replace(
+        "plugins:\n",
+        &format!(
+            "plugins:\n  sql-migrate:\n    component: {}\n",
+            gantry_tests::plugin("sql-migrate").display()
+        ),
+    )
+    .replace(
+        "      merge: { into: [main] }\n    steps:\n",
+        &format!(
+            "      merge: {{ into: [main] }}\n    secrets: [STAGING_DATABASE_URL]\n    steps:\n{}",
+            migrate("STAGING_DATABASE_URL")
+        ),
+    )
+    .replace(
+        "    on_failure: rollback\n    steps:\n",
+        "    on_failure: rollback\n    protected: true\n    secrets: [PRODUCTION_DATABASE_URL]\n    steps:\n",
+    )
+    .replace("      - canary:\n", &format!("{}      - canary:\n", migrate("PRODUCTION_DATABASE_URL")))
+}
+
+fn columns(db: &str) -> String {
+    psql_on(
+        db,
+        "SELECT string_agg(column_name, ',' ORDER BY ordinal_position) FROM information_schema.columns WHERE table_name = 'users'",
+    )
+}
+
+fn entries<'a>(evidence: &'a Value, environment: &str) -> Vec<&'a Value> {
+    evidence
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["environment"] == environment))
+        .and_then(|e| e["entries"].as_array())
+        .map(|e| e.iter().collect())
+        .unwrap_or_default()
+}
+
+fn observation(entry: &Value, name: &str) -> Option<String> {
+    entry["observations"].as_array()?.iter().find_map(|o| {
+        (o[0] == name)
+            .then(|| o[1].as_str().map(str::to_string))
+            .flatten()
+    })
+}
+
+/// A server on the example pipeline with migrate steps, an empty
+/// migrations directory and two databases with the same `users` rows.
+async fn started() -> (Harness, std::path::PathBuf, Database, Database) {
+    let mut h = Harness::new(with_migrations).await;
+    let migrations = h.dir.path().join("db/migrations");
+    std::fs::create_dir_all(&migrations).expect("migrations dir");
+    let staging = database("staging");
+    let production = database("production");
+    for db in [&staging, &production] {
+        psql_on(
+            &db.name,
+            "CREATE TABLE users (id int PRIMARY KEY, name text); INSERT INTO users VALUES (1, 'ada'), (2, 'grace')",
+        );
+    }
+    h.apps["production"]
+        .1
+        .lock()
+        .expect("toy")
+        .faults
+        .insert(BAD.into(), 0.4);
+    h.args = vec!["--secrets-env-prefix".into(), "GANTRY_SECRET_".into()];
+    h.start(&[
+        ("GANTRY_SECRET_STAGING_DATABASE_URL", staging.url.clone()),
+        (
+            "GANTRY_SECRET_PRODUCTION_DATABASE_URL",
+            production.url.clone(),
+        ),
+    ]);
+
+    (h, migrations, staging, production)
+}
+
+fn write(dir: &std::path::Path, files: &[(&str, &str)]) {
+    for (file, sql) in files {
+        std::fs::write(dir.join(file), sql).expect("write migration");
+    }
+}
+
+fn entry_with<'a>(entries: &[&'a Value], name: &str) -> Option<&'a Value> {
+    entries
+        .iter()
+        .copied()
+        .find(|e| e["kind"] == "migration" && observation(e, name).is_some())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_migration_fails_the_run_with_its_file_and_sqlstate_and_leaves_nothing() {
+    let (h, migrations, staging, _) = started().await;
+    write(
+        &migrations,
+        &[
+            (
+                "001_add_note.up.sql",
+                "ALTER TABLE users ADD COLUMN note text;",
+            ),
+            ("002_bad.up.sql", "ALTER TABLE nosuch ADD COLUMN x int;"),
+        ],
+    );
+    let (_, sub) = h.submit(merge(GOOD, "dave")).await;
+    let run = sub["run"].as_str().expect("run").to_string();
+    let failed = h.wait_status(&run, "failed").await;
+    assert!(
+        failed["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("002_bad.up.sql"),
+        "{failed}"
+    );
+    assert_eq!(columns(&staging.name), "id,name", "no partial schema");
+    let (_, evidence) = h
+        .api(Method::GET, &format!("/api/evidence/{GOOD}"), None)
+        .await;
+    let entries = entries(&evidence, "staging");
+    let entry = entry_with(&entries, "error.sqlstate").unwrap_or_else(|| panic!("{evidence:#}"));
+    assert_eq!(
+        observation(entry, "error.sqlstate").as_deref(),
+        Some("42P01")
+    );
+    assert_eq!(
+        observation(entry, "error.file").as_deref(),
+        Some("002_bad.up.sql")
+    );
+    assert!(observation(entry, "error.message").is_some_and(|m| m.contains("nosuch")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_refuses_a_migration_that_did_not_pass_staging_as_it_is() {
+    let (h, migrations, staging, production) = started().await;
+    write(
+        &migrations,
+        &[(
+            "001_add_note.up.sql",
+            "ALTER TABLE users ADD COLUMN note text;",
+        )],
+    );
+    let (_, sub) = h.submit(merge(GOOD, "dave")).await;
+    let run = sub["run"].as_str().expect("run").to_string();
+    h.wait_status(&run, "waiting").await;
+    assert_eq!(columns(&staging.name), "id,name,note");
+    // Edited after staging ran it, before production's approval.
+    write(
+        &migrations,
+        &[(
+            "001_add_note.up.sql",
+            "ALTER TABLE users ADD COLUMN note text; DROP TABLE users;",
+        )],
+    );
+    let (status, _) = h
+        .api(
+            Method::POST,
+            &format!("/api/runs/{run}/decisions"),
+            Some(json!({"environment": "production", "user": "bob", "approve": true, "reason": "ok"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let failed = h.wait_status(&run, "failed").await;
+    let reason = failed["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("001_add_note.up.sql ran in staging with other contents"),
+        "{failed}"
+    );
+    assert_eq!(columns(&production.name), "id,name", "production untouched");
+    assert!(
+        h.app("production").stable.is_none(),
+        "deployed after a refused migration"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_canary_reverts_the_incompatible_migration_and_keeps_the_expand_one() {
+    let (h, migrations, staging, production) = started().await;
+
+    // The release before: no migrations yet.
+    let good = approved_run(&h, GOOD).await;
+    h.wait_status(&good, "succeeded").await;
+
+    for (file, sql) in [
+        (
+            "001_add_note.up.sql",
+            "-- gantry: compatible\nALTER TABLE users ADD COLUMN note text;",
+        ),
+        (
+            "001_add_note.down.sql",
+            "ALTER TABLE users DROP COLUMN note;",
+        ),
+        (
+            "002_rename_name.up.sql",
+            "ALTER TABLE users RENAME COLUMN name TO full_name;",
+        ),
+        (
+            "002_rename_name.down.sql",
+            "ALTER TABLE users RENAME COLUMN full_name TO name;",
+        ),
+    ] {
+        std::fs::write(migrations.join(file), sql).expect("write migration");
+    }
+    let run = approved_run(&h, BAD).await;
+    assert_eq!(columns(&staging.name), "id,full_name,note");
+    let rolled = h.wait_status(&run, "rolled_back").await;
+    assert!(
+        rolled["reason"].as_str().unwrap_or("").contains("at 10%"),
+        "{rolled}"
+    );
+    assert_eq!(h.app("production").stable.as_deref(), Some(GOOD));
+
+    // The expand migration stayed, the incompatible one was reverted, and
+    // the rows written before the run are all there.
+    assert_eq!(columns(&production.name), "id,name,note");
+    assert_eq!(
+        psql_on(
+            &production.name,
+            "SELECT string_agg(id || ' ' || name, ',' ORDER BY id) FROM users"
+        ),
+        "1 ada,2 grace"
+    );
+    assert_eq!(
+        psql_on(
+            &production.name,
+            "SELECT string_agg(name, ',' ORDER BY version) FROM gantry_schema_migrations"
+        ),
+        "001_add_note"
+    );
+
+    let (_, evidence) = h
+        .api(Method::GET, &format!("/api/evidence/{BAD}"), None)
+        .await;
+    let prod = entries(&evidence, "production");
+    let applied = prod
+        .iter()
+        .find(|e| e["kind"] == "migration" && observation(e, "backup.file").is_some())
+        .unwrap_or_else(|| panic!("no migration entry with a backup: {evidence:#}"));
+    assert!(
+        observation(applied, "001_add_note").is_some_and(|v| v.starts_with("applied sha256:")),
+        "{applied}"
+    );
+    let backup = observation(applied, "backup.file").expect("backup file");
+    let listed = Command::new(bin().join("pg_restore"))
+        .arg("--list")
+        .arg(&backup)
+        .output()
+        .expect("pg_restore");
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("TABLE public users"));
+    assert!(
+        prod.iter().any(|e| e["kind"] == "migration"
+            && observation(e, "001_add_note").is_some_and(|v| v.starts_with("kept"))),
+        "{evidence:#}"
+    );
+    assert!(
+        prod.iter().any(|e| e["kind"] == "migration"
+            && observation(e, "002_rename_name").is_some_and(|v| v.starts_with("reverted"))),
+        "{evidence:#}"
+    );
+    // Staging, not protected, took no backup.
+    assert!(
+        entries(&evidence, "staging")
+            .iter()
+            .all(|e| observation(e, "backup.file").is_none())
+    );
+}
+
+/// Merges `sha`, waits for production's approval, and approves it as bob.
+async fn approved_run(h: &Harness, sha: &str) -> String {
+    let (_, sub) = h.submit(merge(sha, "dave")).await;
+    let run = sub["run"].as_str().expect("run").to_string();
+    h.wait_status(&run, "waiting").await;
+    let (status, answer) = h
+        .api(
+            Method::POST,
+            &format!("/api/runs/{run}/decisions"),
+            Some(json!({"environment": "production", "user": "bob", "approve": true, "reason": "ok"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    run
+}

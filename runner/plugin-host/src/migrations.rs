@@ -71,13 +71,7 @@ impl PluginHost {
             inner: secrets,
             hidden: name,
         };
-        let failed = |message: String, retryable: bool| {
-            CallReport::failed(Error::Database {
-                plugin: plugin.name().to_string(),
-                message,
-                retryable,
-            })
-        };
+        let failed = |message, retryable| database_failure(plugin, message, retryable);
         let Some(url) = secrets.inner.resolve(&ctx.environment, name) else {
             return failed(
                 format!(
@@ -140,39 +134,32 @@ impl PluginHost {
             }
             Err(e) => return failed(e.to_string(), e.is_connection()),
         };
-        self.run_files(
-            plugin,
-            ctx,
-            request,
-            &secrets,
-            &url,
+        let open = Open {
+            url,
             session,
-            prepared,
             lock_wait_ms,
-        )
-        .await
+        };
+        self.run_files(plugin, ctx, request, &secrets, open, prepared)
+            .await
     }
 
-    /// Stages `run`'s files, takes the backup, calls the plugin.
-    #[allow(clippy::too_many_arguments)]
+    /// Stages `run`'s files, takes the backup, calls the plugin in
+    /// `open`'s transaction.
     async fn run_files(
         &self,
         plugin: &Plugin,
         ctx: &StepContext,
         request: &MigrationRequest,
         secrets: &dyn SecretSource,
-        url: &str,
-        session: Session,
+        open: Open,
         run: Run,
-        lock_wait_ms: u64,
     ) -> CallReport<MigrationReport> {
-        let failed = |message: String, retryable: bool| {
-            CallReport::failed(Error::Database {
-                plugin: plugin.name().to_string(),
-                message,
-                retryable,
-            })
-        };
+        let Open {
+            url,
+            session,
+            lock_wait_ms,
+        } = open;
+        let failed = |message, retryable| database_failure(plugin, message, retryable);
         let staged = match stage(&run, request.direction) {
             Ok(dir) => dir,
             Err(e) => return failed(format!("cannot stage the migration files: {e}"), true),
@@ -180,7 +167,7 @@ impl PluginHost {
         let backup = match (&request.backup_to, request.direction) {
             (Some(dir), Direction::Up) if !run.files.is_empty() => {
                 let name = format!("{}-{}-{}", ctx.run_id, ctx.environment, ctx.step);
-                match gantry_sql_pg::dump(url, dir, &safe_name(&name)).await {
+                match gantry_sql_pg::dump(&url, dir, &safe_name(&name)).await {
                     Ok(d) => Some(Backup {
                         file: d.path,
                         bytes: d.bytes,
@@ -240,6 +227,27 @@ impl PluginHost {
             },
         }
     }
+}
+
+/// The database a call is bound to: its connection string, its session
+/// (in the transaction, holding the lock) and how long the lock took.
+struct Open {
+    url: String,
+    session: Session,
+    lock_wait_ms: u64,
+}
+
+/// A call that could not be made on the database.
+fn database_failure(
+    plugin: &Plugin,
+    message: String,
+    retryable: bool,
+) -> CallReport<MigrationReport> {
+    CallReport::failed(Error::Database {
+        plugin: plugin.name().to_string(),
+        message,
+        retryable,
+    })
 }
 
 /// What a plain SQL call will run, and the report's units.

@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 mod common;
 
 use gantry_plugin_api::{MigrationReport, MigrationRequest, MigrationStop, UnitAction, Upstream};
-use gantry_plugin_host::{Binding, Direction, HostConfig, Manifest, Plugin, PluginHost};
+use gantry_plugin_host::{
+    Binding, CallReport, Direction, HostConfig, Manifest, MigrationOutcome, Plugin, PluginHost,
+    StepContext,
+};
 use gantry_sql_pg::Session;
 use gantry_tests::plugin;
 use gantry_tests::postgres::{Database, database, psql_on};
@@ -41,6 +44,19 @@ fn load(host: &PluginHost, timeout_ms: u32) -> Plugin {
         .expect("load sql-migrate")
 }
 
+/// Runs `plugin` in `direction` bound to `db` and the files in `dir`.
+async fn bound_call(
+    host: &PluginHost,
+    plugin: &Plugin,
+    ctx: &StepContext,
+    direction: Direction,
+    db: &Database,
+    dir: &Path,
+) -> CallReport<MigrationOutcome> {
+    host.migrate(plugin, ctx, direction, &no_secrets(), bound(db, dir).await)
+        .await
+}
+
 async fn bound(db: &Database, dir: &Path) -> Binding {
     Binding {
         db: Some(Session::begin(&db.url, WAIT).await.expect("begin")),
@@ -68,15 +84,7 @@ async fn files_apply_in_order_and_commit_together() {
         ],
     );
     let ctx = common::step_context("staging", &[("gantry.apply", "001_users,002_email")]);
-    let report = host
-        .migrate(
-            &sql_migrate,
-            &ctx,
-            Direction::Up,
-            &no_secrets(),
-            bound(&db, dir.path()).await,
-        )
-        .await;
+    let report = bound_call(&host, &sql_migrate, &ctx, Direction::Up, &db, dir.path()).await;
     let outcome = report.result.expect("applied");
     assert_eq!(outcome.version, "002_email");
     let names: Vec<_> = outcome.evidence.iter().map(|o| o.name.as_str()).collect();
@@ -104,15 +112,7 @@ async fn a_failing_file_leaves_nothing_and_names_itself_with_its_sqlstate() {
         ],
     );
     let ctx = common::step_context("staging", &[("gantry.apply", "001_users,002_bad")]);
-    let report = host
-        .migrate(
-            &sql_migrate,
-            &ctx,
-            Direction::Up,
-            &no_secrets(),
-            bound(&db, dir.path()).await,
-        )
-        .await;
+    let report = bound_call(&host, &sql_migrate, &ctx, Direction::Up, &db, dir.path()).await;
     let error = report.result.expect_err("a bad statement");
     let text = error.to_string();
     assert!(text.contains("002_bad.up.sql"), "{text}");
@@ -141,15 +141,7 @@ async fn a_call_past_its_time_limit_is_rolled_back_and_frees_the_lock() {
     );
     let ctx = common::step_context("staging", &[("gantry.apply", "001_users,002_slow")]);
     let started = Instant::now();
-    let report = host
-        .migrate(
-            &sql_migrate,
-            &ctx,
-            Direction::Up,
-            &no_secrets(),
-            bound(&db, dir.path()).await,
-        )
-        .await;
+    let report = bound_call(&host, &sql_migrate, &ctx, Direction::Up, &db, dir.path()).await;
     let error = report.result.expect_err("too slow");
     assert_eq!(error.kind(), "timeout", "{error}");
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -172,27 +164,11 @@ async fn down_reverts_and_a_missing_file_is_named() {
     let dir = tempfile::tempdir().expect("dir");
     files(dir.path(), &[("002_audit.down.sql", "DROP TABLE audit;")]);
     let ctx = common::step_context("staging", &[("gantry.revert", "002_audit")]);
-    let report = host
-        .migrate(
-            &sql_migrate,
-            &ctx,
-            Direction::Down,
-            &no_secrets(),
-            bound(&db, dir.path()).await,
-        )
-        .await;
+    let report = bound_call(&host, &sql_migrate, &ctx, Direction::Down, &db, dir.path()).await;
     report.result.expect("reverted");
     assert_eq!(tables(&db), "users");
     let ctx = common::step_context("staging", &[("gantry.revert", "001_users")]);
-    let report = host
-        .migrate(
-            &sql_migrate,
-            &ctx,
-            Direction::Down,
-            &no_secrets(),
-            bound(&db, dir.path()).await,
-        )
-        .await;
+    let report = bound_call(&host, &sql_migrate, &ctx, Direction::Down, &db, dir.path()).await;
     let error = report.result.expect_err("no down file");
     assert!(error.to_string().contains("001_users.down.sql"), "{error}");
     assert_eq!(tables(&db), "users");
@@ -224,6 +200,22 @@ async fn without_a_database_every_statement_fails_clearly() {
 
 fn secrets(db: &Database) -> BTreeMap<String, String> {
     BTreeMap::from([("DATABASE_URL".to_string(), db.url.clone())])
+}
+
+/// Runs `plugin` as `request` says on `db`; panics with `what` when the
+/// call fails.
+async fn run_report(
+    host: &PluginHost,
+    plugin: &Plugin,
+    ctx: &StepContext,
+    request: &MigrationRequest,
+    db: &Database,
+    what: &str,
+) -> MigrationReport {
+    host.migrate_database(plugin, ctx, request, &secrets(db))
+        .await
+        .result
+        .expect(what)
 }
 
 fn request(direction: Direction, dir: &Path) -> MigrationRequest {
@@ -268,11 +260,7 @@ async fn plain_files_apply_once_and_the_ledger_records_them() {
     );
     let ctx = common::step_context("staging", &[]);
     let up = request(Direction::Up, dir.path());
-    let report = host
-        .migrate_database(&sql_migrate, &ctx, &up, &secrets(&db))
-        .await
-        .result
-        .expect("applied");
+    let report = run_report(&host, &sql_migrate, &ctx, &up, &db, "applied").await;
     assert_eq!(report.stopped, None);
     assert_eq!(
         actions(&report),
@@ -284,11 +272,7 @@ async fn plain_files_apply_once_and_the_ledger_records_them() {
     assert!(report.units[1].compatible && !report.units[0].compatible);
     assert_eq!(ledger(&db), "001_users run-1,002_email run-1");
     // Again: nothing runs (the plugin is not even handed a file).
-    let again = host
-        .migrate_database(&sql_migrate, &ctx, &up, &secrets(&db))
-        .await
-        .result
-        .expect("again");
+    let again = run_report(&host, &sql_migrate, &ctx, &up, &db, "again").await;
     assert!(
         again
             .units
@@ -300,11 +284,7 @@ async fn plain_files_apply_once_and_the_ledger_records_them() {
         dir.path(),
         &[("003_orders.up.sql", "CREATE TABLE orders (id int);")],
     );
-    let third = host
-        .migrate_database(&sql_migrate, &ctx, &up, &secrets(&db))
-        .await
-        .result
-        .expect("third");
+    let third = run_report(&host, &sql_migrate, &ctx, &up, &db, "third").await;
     assert_eq!(
         actions(&third).last(),
         Some(&("003_orders".to_string(), UnitAction::Applied))
@@ -324,11 +304,7 @@ async fn an_edited_or_not_upstream_migration_is_refused_before_any_statement() {
     );
     let ctx = common::step_context("production", &[]);
     let up = request(Direction::Up, dir.path());
-    let first = host
-        .migrate_database(&sql_migrate, &ctx, &up, &secrets(&db))
-        .await
-        .result
-        .expect("applied");
+    let first = run_report(&host, &sql_migrate, &ctx, &up, &db, "applied").await;
     let ran: BTreeMap<String, String> = first
         .units
         .iter()
@@ -341,11 +317,7 @@ async fn an_edited_or_not_upstream_migration_is_refused_before_any_statement() {
             ("002_orders.up.sql", "CREATE TABLE orders (id int);"),
         ],
     );
-    let report = host
-        .migrate_database(&sql_migrate, &ctx, &up, &secrets(&db))
-        .await
-        .result
-        .expect("a report");
+    let report = run_report(&host, &sql_migrate, &ctx, &up, &db, "a report").await;
     let Some(MigrationStop::Refused { file, reason }) = report.stopped else {
         panic!("not refused: {report:?}");
     };
@@ -361,11 +333,7 @@ async fn an_edited_or_not_upstream_migration_is_refused_before_any_statement() {
         environment: "staging".into(),
         ran,
     });
-    let report = host
-        .migrate_database(&sql_migrate, &ctx, &guarded, &secrets(&db))
-        .await
-        .result
-        .expect("a report");
+    let report = run_report(&host, &sql_migrate, &ctx, &guarded, &db, "a report").await;
     let Some(MigrationStop::Refused { file, reason }) = report.stopped else {
         panic!("not refused: {report:?}");
     };
@@ -388,16 +356,15 @@ async fn a_failed_file_stops_with_its_name_and_sqlstate_and_records_nothing() {
         ],
     );
     let ctx = common::step_context("staging", &[]);
-    let report = host
-        .migrate_database(
-            &sql_migrate,
-            &ctx,
-            &request(Direction::Up, dir.path()),
-            &secrets(&db),
-        )
-        .await
-        .result
-        .expect("a report");
+    let report = run_report(
+        &host,
+        &sql_migrate,
+        &ctx,
+        &request(Direction::Up, dir.path()),
+        &db,
+        "a report",
+    )
+    .await;
     let Some(MigrationStop::Failed { file, sqlstate, .. }) = report.stopped else {
         panic!("not failed: {report:?}");
     };
@@ -422,23 +389,18 @@ async fn down_reverts_what_is_applied_and_refuses_without_a_down_file() {
         ],
     );
     let ctx = common::step_context("staging", &[]);
-    let secrets = secrets(&db);
-    host.migrate_database(
+    run_report(
+        &host,
         &sql_migrate,
         &ctx,
         &request(Direction::Up, dir.path()),
-        &secrets,
+        &db,
+        "applied",
     )
-    .await
-    .result
-    .expect("applied");
+    .await;
     let mut down = request(Direction::Down, dir.path());
     down.revert = vec!["002_orders".into(), "003_never".into()];
-    let report = host
-        .migrate_database(&sql_migrate, &ctx, &down, &secrets)
-        .await
-        .result
-        .expect("a report");
+    let report = run_report(&host, &sql_migrate, &ctx, &down, &db, "a report").await;
     assert!(
         matches!(&report.stopped, Some(MigrationStop::Refused { file: Some(f), .. }) if f == "003_never.up.sql"),
         "{report:?}"
@@ -449,22 +411,14 @@ async fn down_reverts_what_is_applied_and_refuses_without_a_down_file() {
         "nothing ran"
     );
     down.revert = vec!["002_orders".into()];
-    let report = host
-        .migrate_database(&sql_migrate, &ctx, &down, &secrets)
-        .await
-        .result
-        .expect("reverted");
+    let report = run_report(&host, &sql_migrate, &ctx, &down, &db, "reverted").await;
     assert_eq!(
         actions(&report),
         [("002_orders".to_string(), UnitAction::Reverted)]
     );
     assert_eq!(ledger(&db), "001_users run-1");
     down.revert = vec!["002_orders".into(), "001_users".into()];
-    let report = host
-        .migrate_database(&sql_migrate, &ctx, &down, &secrets)
-        .await
-        .result
-        .expect("a report");
+    let report = run_report(&host, &sql_migrate, &ctx, &down, &db, "a report").await;
     let Some(MigrationStop::Refused { file, reason }) = report.stopped else {
         panic!("not refused: {report:?}");
     };
@@ -491,22 +445,14 @@ async fn a_backup_is_taken_before_the_first_statement_and_restores() {
     let mut up = request(Direction::Up, dir.path());
     up.backup_to = Some(backups.path().to_path_buf());
     let ctx = common::step_context("production", &[]);
-    let report = host
-        .migrate_database(&sql_migrate, &ctx, &up, &secrets(&db))
-        .await
-        .result
-        .expect("applied");
+    let report = run_report(&host, &sql_migrate, &ctx, &up, &db, "applied").await;
     let backup = report.backup.expect("a backup");
     let (bytes, sha256) = gantry_sql_pg::hash_file(&backup.file).await.expect("hash");
     assert_eq!((backup.bytes, backup.sha256.clone()), (bytes, sha256));
     assert!(backup.file.starts_with(backups.path()));
     assert_eq!(psql_on(&db.name, "SELECT name FROM users"), "grace");
     // Nothing pending: no backup.
-    let again = host
-        .migrate_database(&sql_migrate, &ctx, &up, &secrets(&db))
-        .await
-        .result
-        .expect("again");
+    let again = run_report(&host, &sql_migrate, &ctx, &up, &db, "again").await;
     assert_eq!(again.backup, None);
     // The restore takes the ledger back too: 001 is pending again.
     gantry_sql_pg::restore(&db.url, &backup.file)
@@ -556,16 +502,15 @@ async fn a_migration_cannot_read_its_database_secret_open_sockets_call_unlisted_
         &[("001_users.up.sql", "CREATE TABLE users (id int);")],
     );
     let ctx = common::step_context("staging", &[("mode", "write")]);
-    let report = host
-        .migrate_database(
-            &hostile,
-            &ctx,
-            &request(Direction::Up, dir.path()),
-            &secrets(&db),
-        )
-        .await
-        .result
-        .expect("a report");
+    let report = run_report(
+        &host,
+        &hostile,
+        &ctx,
+        &request(Direction::Up, dir.path()),
+        &db,
+        "a report",
+    )
+    .await;
     let Some(MigrationStop::Failed { message, .. }) = report.stopped else {
         panic!("the write was allowed: {report:?}");
     };

@@ -53,6 +53,8 @@ pub fn action_of(method: &Method, route: &str) -> Option<Action<'static>> {
         ("POST", "/api/runs/{id}/decisions") => Action::Decide { environment: None },
         ("POST", "/api/environments/{env}/release") => Action::Release { environment: None },
         ("POST", "/api/dlq/{id}/retry" | "/api/queue/redrive") => Action::Redrive,
+        ("GET", "/api/runs/{id}/backup") => Action::Read,
+        ("POST", "/api/runs/{id}/restore") => Action::Restore { environment: None },
         _ => return None,
     };
     Some(action)
@@ -244,6 +246,7 @@ mod tests {
             "/api/queue/redrive",
             "/api/tokens",
             "/api/tokens/{id}/revoke",
+            "/api/runs/{id}/restore",
         ];
         for route in routes {
             let action = action_of(&Method::POST, route).expect(route);
@@ -255,6 +258,8 @@ mod tests {
             Some(Action::Administer)
         );
         assert_eq!(action_of(&Method::DELETE, "/api/runs/{id}"), None);
+        let restore = action_of(&Method::POST, "/api/runs/{id}/restore").expect("restore");
+        assert_eq!(restore.least_role(), Role::Admin);
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! | `POST /api/events` | `{"delivery"?, "event": {...}}`: dedupe (as `api-{delivery}`), enqueue durably, 202 |
 //! | `GET /api/runs?limit=&after=` | `{"runs": [...], "next"}`: a page of runs, newest first |
 //! | `GET /api/runs/{id}` | one run, with stages, steps and timings |
+//! | `GET /api/runs/{id}/backup?environment=` | the backup the run took before it migrated the environment's database: file, size, sha256, when, the database secret's name |
+//! | `POST /api/runs/{id}/restore` | `{"environment"}`: restore that backup into the environment's database, all or nothing (admin) |
 //! | `POST /api/runs/{id}/decisions` | `{"environment","approve","reason","user"?,"token"?}`: the caller's decision |
 //! | `GET /api/evidence/{sha}` | the evidence ledger of a commit |
 //! | `GET /api/environments` | environment state: current, previous, holder, held |
@@ -112,6 +114,8 @@ pub fn app(engine: Arc<Engine>, access: Arc<Access>) -> Router {
         .route("/api/runs", get(runs))
         .route("/api/runs/{id}", get(run))
         .route("/api/runs/{id}/decisions", post(decide))
+        .route("/api/runs/{id}/backup", get(backup))
+        .route("/api/runs/{id}/restore", post(restore))
         .route("/api/evidence/{sha}", get(evidence))
         .route("/api/environments", get(environments))
         .route("/api/environments/{env}/release", post(release))
@@ -294,6 +298,56 @@ async fn decide(
         .await
         .map_err(|e| refused(e.into()))?;
     Ok(audited(Json(json!(outcome)), note))
+}
+
+/// The environment a backup or a restore is for.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvironmentBody {
+    environment: String,
+}
+
+async fn backup(
+    State(AppState { engine, .. }): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<EnvironmentBody>,
+) -> Result<Json<Value>, AppError> {
+    Ok(Json(json!(
+        engine.run_backup(&id, &query.environment).await?
+    )))
+}
+
+async fn restore(
+    State(AppState { engine, .. }): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, Response> {
+    let body: EnvironmentBody = serde_json::from_slice(&body)
+        .map_err(|e| AppError(StatusCode::BAD_REQUEST, format!("body: {e}")).into_response())?;
+    let note = Audited {
+        action: "restore the database from the run's backup".into(),
+        run: Some(id.clone()),
+        environment: Some(body.environment.clone()),
+    };
+    caller
+        .allows(&Action::Restore {
+            environment: Some(&body.environment),
+        })
+        .map_err(|why| audited(forbidden(why), note.clone()))?;
+    let restored = engine
+        .restore(&id, &body.environment)
+        .await
+        .map_err(|e| audited(AppError::from(e), note.clone()))?;
+    let note = Audited {
+        action: format!(
+            "restore the database from the run's backup {} (sha256 {})",
+            restored.backup.file.display(),
+            restored.backup.sha256
+        ),
+        ..note
+    };
+    Ok(audited(Json(json!(restored)), note))
 }
 
 async fn evidence(

@@ -76,6 +76,11 @@ pub enum Action<'a> {
     Redrive,
     /// Issues, lists or revokes tokens; reads the audit log.
     Administer,
+    /// Restores an environment's database from a run's backup.
+    Restore {
+        /// The environment, as for [`Action::Decide`].
+        environment: Option<&'a str>,
+    },
 }
 
 impl Action<'_> {
@@ -85,14 +90,16 @@ impl Action<'_> {
             Action::Read => Role::Viewer,
             Action::Decide { .. } => Role::Approver,
             Action::Release { .. } | Action::Submit | Action::Redrive => Role::Operator,
-            Action::Administer => Role::Admin,
+            Action::Administer | Action::Restore { .. } => Role::Admin,
         }
     }
 
     /// The environment it acts in, when it acts in one.
     pub fn environment(&self) -> Option<&str> {
         match self {
-            Action::Decide { environment } | Action::Release { environment } => *environment,
+            Action::Decide { environment }
+            | Action::Release { environment }
+            | Action::Restore { environment } => *environment,
             _ => None,
         }
     }
@@ -110,6 +117,10 @@ impl Action<'_> {
             Action::Submit => "submit events".into(),
             Action::Redrive => "re-drive dead letters".into(),
             Action::Administer => "administer tokens and the audit log".into(),
+            Action::Restore { environment } => format!(
+                "restore the database of {}",
+                environment.unwrap_or("an environment")
+            ),
         }
     }
 }
@@ -194,6 +205,9 @@ mod tests {
             Action::Submit,
             Action::Redrive,
             Action::Administer,
+            Action::Restore {
+                environment: Some("production"),
+            },
         ];
         let allowed = |role| {
             actions
@@ -204,7 +218,7 @@ mod tests {
         assert_eq!(allowed(Role::Viewer), 1);
         assert_eq!(allowed(Role::Approver), 2);
         assert_eq!(allowed(Role::Operator), 5);
-        assert_eq!(allowed(Role::Admin), 6);
+        assert_eq!(allowed(Role::Admin), 7);
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub struct ServerArgs {
     token: Option<String>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// `gantry submit`.
@@ -143,14 +143,14 @@ pub enum DlqCommand {
     },
 }
 
-struct Client {
+pub(crate) struct Client {
     base: String,
     token: Option<String>,
     http: reqwest::Client,
 }
 
 impl Client {
-    fn new(server: &ServerArgs) -> Self {
+    pub(crate) fn new(server: &ServerArgs) -> Self {
         Client {
             base: server.server.trim_end_matches('/').to_string(),
             token: server.token.clone().filter(|t| !t.trim().is_empty()),
@@ -164,11 +164,20 @@ impl Client {
         path: &str,
         body: Option<Value>,
     ) -> anyhow::Result<Value> {
+        self.call_within(method, path, body, std::time::Duration::from_secs(30))
+            .await
+    }
+
+    /// [`Client::call`], waiting at most `timeout` for the answer.
+    async fn call_within(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        timeout: std::time::Duration,
+    ) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
-        let mut request = self
-            .http
-            .request(method.clone(), &url)
-            .timeout(std::time::Duration::from_secs(30));
+        let mut request = self.http.request(method.clone(), &url).timeout(timeout);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token.trim());
         }
@@ -202,16 +211,23 @@ impl Client {
         }
     }
 
-    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+    pub(crate) async fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.call(reqwest::Method::GET, path, None).await
     }
 
     async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         self.call(reqwest::Method::POST, path, Some(body)).await
     }
+
+    /// A POST whose work may take long (a restore): waits up to a day.
+    pub(crate) async fn post_long(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        let day = std::time::Duration::from_secs(24 * 3600);
+        self.call_within(reqwest::Method::POST, path, Some(body), day)
+            .await
+    }
 }
 
-fn print_json(value: &Value) {
+pub(crate) fn print_json(value: &Value) {
     say!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_default()
@@ -619,7 +635,7 @@ fn print_queue_dead_letters(queue: &Value) {
 }
 
 /// `text` as one URL path segment or query value.
-fn url_escape(text: &str) -> String {
+pub(crate) fn url_escape(text: &str) -> String {
     url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 

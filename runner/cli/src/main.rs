@@ -1,7 +1,9 @@
 //! `gantry`: Gantry's command line.
 
 mod backend;
+#[macro_use]
 mod client;
+mod db;
 mod plugin;
 mod serve;
 
@@ -105,6 +107,13 @@ enum Command {
         #[command(flatten)]
         args: client::AuditArgs,
     },
+    /// Environments' databases: restore a run's backup.
+    Db {
+        #[command(flatten)]
+        server: client::ServerArgs,
+        #[command(subcommand)]
+        command: db::DbCommand,
+    },
 }
 
 /// `gantry backend ...`.
@@ -156,6 +165,7 @@ fn main() -> std::process::ExitCode {
             Command::Dlq { server, command } => client::dlq(server, command).await,
             Command::Token { server, command } => client::token(server, command).await,
             Command::Audit { server, args } => client::audit(server, args).await,
+            Command::Db { server, command } => db::db(server, command).await,
         }
     });
     match outcome {

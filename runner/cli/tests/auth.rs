@@ -214,6 +214,18 @@ async fn every_route_answers_every_caller_as_its_role_allows() {
             None,
             from(Operator, 404),
         ),
+        (
+            Method::GET,
+            format!("/api/runs/{dev_run}/backup?environment=dev"),
+            None,
+            read(404),
+        ),
+        (
+            Method::POST,
+            format!("/api/runs/{dev_run}/restore"),
+            Some(json!({"environment": "dev"})),
+            from(Admin, 404),
+        ),
         (Method::GET, "/api/tokens".into(), None, from(Admin, 200)),
         (
             Method::POST,

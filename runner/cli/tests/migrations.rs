@@ -2,7 +2,9 @@
 //! databases: an artifact with an expand migration and an incompatible one
 //! goes through staging, then production (protected: backed up first);
 //! its canary fails, and the rollback reverts the incompatible migration,
-//! keeps the expand one, and leaves the rows written before the run.
+//! keeps the expand one, and leaves the rows written before the run; the
+//! backup restores. A migration killed halfway leaves nothing and runs
+//! again, once, when the server comes back.
 
 mod common;
 
@@ -196,7 +198,8 @@ async fn production_refuses_a_migration_that_did_not_pass_staging_as_it_is() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_canary_reverts_the_incompatible_migration_and_keeps_the_expand_one() {
+async fn a_failed_canary_reverts_the_incompatible_migration_keeps_the_expand_one_and_the_backup_restores()
+ {
     let (h, migrations, staging, production) = started().await;
 
     // The release before: no migrations yet.
@@ -290,6 +293,214 @@ async fn a_failed_canary_reverts_the_incompatible_migration_and_keeps_the_expand
             .iter()
             .all(|e| observation(e, "backup.file").is_none())
     );
+    restores_the_backup(&h, &run, &production, &backup).await;
+}
+
+/// `gantry db restore` as the commands an operator types.
+fn gantry_db(h: &Harness, args: &[&str]) -> std::process::Output {
+    let base = &h.server.as_ref().expect("server").base;
+    Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(["db", "restore", "--server", base])
+        .args(args)
+        .env("GANTRY_TOKEN", ADMIN_TOKEN)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("gantry db restore")
+}
+
+/// `gantry db restore` puts production back as run `run`'s backup holds
+/// it (before its migrations), asks first, refuses a non-admin and a
+/// changed file, and is in the audit log.
+async fn restores_the_backup(h: &Harness, run: &str, production: &Database, backup: &str) {
+    psql_on(
+        &production.name,
+        "INSERT INTO users VALUES (3, 'written after')",
+    );
+    let unconfirmed = gantry_db(h, &[run, "--env", "production"]);
+    assert_eq!(unconfirmed.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&unconfirmed.stderr);
+    assert!(said.contains("--yes"), "{said}");
+    assert_eq!(
+        columns(&production.name),
+        "id,name,note",
+        "nothing restored yet"
+    );
+
+    let approver = h.token_for("bob").await.expect("token");
+    let base = &h.server.as_ref().expect("server").base;
+    let refused = h
+        .http
+        .post(format!("{base}/api/runs/{run}/restore"))
+        .bearer_auth(approver)
+        .header("content-type", "application/json")
+        .body(json!({"environment": "production"}).to_string())
+        .send()
+        .await
+        .expect("restore as an approver");
+    assert_eq!(refused.status(), 403);
+
+    let restored = gantry_db(h, &[run, "--env", "production", "--yes"]);
+    assert!(
+        restored.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    assert!(String::from_utf8_lossy(&restored.stdout).contains(backup));
+    // As before the run's migrations: no note column, the rows of then.
+    assert_eq!(columns(&production.name), "id,name");
+    assert_eq!(
+        psql_on(
+            &production.name,
+            "SELECT string_agg(id || ' ' || name, ',' ORDER BY id) FROM users"
+        ),
+        "1 ada,2 grace"
+    );
+    assert_eq!(
+        psql_on(
+            &production.name,
+            "SELECT count(*) FROM gantry_schema_migrations"
+        ),
+        "0"
+    );
+    let (_, audit) = h.api(Method::GET, "/api/audit", None).await;
+    let records = audit["records"].as_array().cloned().unwrap_or_default();
+    let done = |outcome: &str| {
+        records.iter().any(|r| {
+            r["run"] == run
+                && r["environment"] == "production"
+                && r["action"].as_str().is_some_and(|a| a.contains("restore"))
+                && r.to_string().contains(outcome)
+        })
+    };
+    assert!(done(backup), "{audit:#}");
+
+    // A backup file changed since it was taken is not restored.
+    std::fs::write(backup, b"not the backup").expect("overwrite");
+    let changed = gantry_db(h, &[run, "--env", "production", "--yes"]);
+    assert_eq!(changed.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&changed.stderr);
+    assert!(said.contains("changed since it was taken"), "{said}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_needed_down_that_is_missing_waits_for_a_person_with_its_evidence() {
+    let (h, migrations, _, production) = started().await;
+    let good = approved_run(&h, GOOD).await;
+    h.wait_status(&good, "succeeded").await;
+    write(
+        &migrations,
+        &[(
+            "001_rename_name.up.sql",
+            "ALTER TABLE users RENAME COLUMN name TO full_name;",
+        )],
+    );
+    let run = approved_run(&h, BAD).await;
+    let parked = h.wait_status(&run, "needs_attention").await;
+    assert!(
+        parked["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("001_rename_name.down.sql"),
+        "{parked}"
+    );
+    assert_eq!(columns(&production.name), "id,full_name", "nothing skipped");
+    let (_, evidence) = h
+        .api(Method::GET, &format!("/api/evidence/{BAD}"), None)
+        .await;
+    let prod = entries(&evidence, "production");
+    let refused = entry_with(&prod, "error.refused").unwrap_or_else(|| panic!("{evidence:#}"));
+    assert_eq!(
+        observation(refused, "error.file").as_deref(),
+        Some("001_rename_name.down.sql")
+    );
+    let (_, health) = h.api(Method::GET, "/healthz", None).await;
+    assert_eq!(health["status"], "degraded", "{health}");
+
+    // A person writes the down and retries: the rollback goes on.
+    write(
+        &migrations,
+        &[(
+            "001_rename_name.down.sql",
+            "ALTER TABLE users RENAME COLUMN full_name TO name;",
+        )],
+    );
+    let letters = h.wait_dead_letters(1).await;
+    let id = letters[0]["id"].as_str().expect("dead letter id");
+    let (status, answer) = h
+        .api(Method::POST, &format!("/api/dlq/{id}/retry"), None)
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    h.wait_status(&run, "rolled_back").await;
+    assert_eq!(columns(&production.name), "id,name");
+    assert_eq!(h.app("production").stable.as_deref(), Some(GOOD));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_a_migration_leaves_all_or_none_and_the_run_resumes() {
+    let (mut h, migrations, staging, production) = started().await;
+    write(
+        &migrations,
+        &[(
+            "001_slow.up.sql",
+            "CREATE TABLE first_half (i int); INSERT INTO first_half VALUES (1);
+             SELECT pg_sleep(4);
+             CREATE TABLE second_half (i int);",
+        )],
+    );
+    let (_, sub) = h.submit(merge(GOOD, "dave")).await;
+    let run = sub["run"].as_str().expect("run").to_string();
+    let sleeping = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND query LIKE '%pg_sleep%' AND pid <> pg_backend_pid()",
+        staging.name
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while psql_on(&staging.name, &sleeping) == "0" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the migration never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // SIGKILL, mid-file: the first half ran, the second did not.
+    h.server = None;
+    // Its session outlives it until the server notices the connection is
+    // gone; then the transaction ends, and what it did is gone with it.
+    let orphaned = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND pid <> pg_backend_pid()",
+        staging.name
+    );
+    while psql_on(&staging.name, &orphaned) != "0" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the killed server's session never ended"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let tables = "SELECT count(*) FROM pg_tables WHERE tablename IN ('first_half', 'second_half')";
+    assert_eq!(psql_on(&staging.name, tables), "0", "none of it was kept");
+    h.start(&[
+        ("GANTRY_SECRET_STAGING_DATABASE_URL", staging.url.clone()),
+        (
+            "GANTRY_SECRET_PRODUCTION_DATABASE_URL",
+            production.url.clone(),
+        ),
+    ]);
+    // It resumes: staging migrates once, whole, and deploys.
+    h.wait_status(&run, "waiting").await;
+    assert_eq!(psql_on(&staging.name, tables), "2");
+    assert_eq!(
+        psql_on(&staging.name, "SELECT count(*) FROM first_half"),
+        "1"
+    );
+    assert_eq!(
+        psql_on(
+            &staging.name,
+            "SELECT string_agg(name, ',') FROM gantry_schema_migrations"
+        ),
+        "001_slow"
+    );
+    assert_eq!(h.app("staging").stable.as_deref(), Some(GOOD));
+    assert_eq!(psql_on(&production.name, tables), "0");
 }
 
 /// Merges `sha`, waits for production's approval, and approves it as bob.

@@ -21,7 +21,7 @@ use gantry_sql_pg::{Migration, MigrationSet, Refusal, Session, SqlError};
 use crate::Error;
 use crate::host::{CallReport, Plugin, PluginHost};
 use crate::state::Binding;
-use crate::types::{Direction, StepContext};
+use crate::types::{Direction, MigrationOutcome, StepContext};
 
 /// How long a call waits for another run's migration of the same database.
 pub const LOCK_WAIT: Duration = Duration::from_secs(300);
@@ -62,10 +62,7 @@ impl PluginHost {
             let report = self
                 .migrate(plugin, ctx, request.direction, secrets, Binding::default())
                 .await;
-            return map_report(report, |outcome| MigrationReport {
-                outcome,
-                ..MigrationReport::default()
-            });
+            return custom_report(report, 0, request.direction);
         };
         let secrets = Hiding {
             inner: secrets,
@@ -88,19 +85,23 @@ impl PluginHost {
             },
             None => None,
         };
-        if set.is_some()
-            && let Err(e) = ensure_ledger(&url).await
-        {
-            return failed(
-                format!("cannot create the migration ledger: {e}"),
-                e.is_connection(),
-            );
-        }
+        let ledger_wait = match &set {
+            Some(_) => match ensure_ledger(&url).await {
+                Ok(waited) => waited,
+                Err(e) => {
+                    return failed(
+                        format!("cannot create the migration ledger: {e}"),
+                        e.is_connection(),
+                    );
+                }
+            },
+            None => Duration::ZERO,
+        };
         let session = match Session::begin(&url, LOCK_WAIT).await {
             Ok(session) => session,
             Err(e) => return failed(e.to_string(), e.is_connection()),
         };
-        let lock_wait_ms = session.lock_wait.as_millis() as u64;
+        let lock_wait_ms = (ledger_wait + session.lock_wait).as_millis() as u64;
         let Some(set) = set else {
             let binding = Binding {
                 db: Some(session),
@@ -109,11 +110,7 @@ impl PluginHost {
             let report = self
                 .migrate(plugin, ctx, request.direction, &secrets, binding)
                 .await;
-            return map_report(report, |outcome| MigrationReport {
-                outcome,
-                lock_wait_ms,
-                ..MigrationReport::default()
-            });
+            return custom_report(report, lock_wait_ms, request.direction);
         };
         let prepared = match request.direction {
             Direction::Up => prepare_up(&session, &set, request, &ctx.run_id).await,
@@ -358,11 +355,14 @@ async fn prepare_down(
 }
 
 /// Creates the ledger in a transaction of its own, so a backup taken
-/// later in the call does not wait on an uncommitted table.
-async fn ensure_ledger(url: &str) -> Result<(), SqlError> {
+/// later in the call does not wait on an uncommitted table; how long it
+/// waited for the migration lock.
+async fn ensure_ledger(url: &str) -> Result<Duration, SqlError> {
     let session = Session::begin(url, LOCK_WAIT).await?;
+    let waited = session.lock_wait;
     session.ensure_ledger().await?;
-    session.commit().await
+    session.commit().await?;
+    Ok(waited)
 }
 
 /// Writes `run`'s files, exactly the checksummed bytes, to a new
@@ -417,9 +417,30 @@ fn safe_name(name: &str) -> String {
         .collect()
 }
 
-fn map_report<T, U>(report: CallReport<T>, f: impl FnOnce(T) -> U) -> CallReport<U> {
+/// A custom migration's answer as a report: its `err` (a failed
+/// statement, or the plugin's own refusal) stops the step, with the
+/// SQLSTATE when the message has one, rather than being retried; the
+/// transaction was rolled back either way.
+fn custom_report(
+    report: CallReport<MigrationOutcome>,
+    lock_wait_ms: u64,
+    direction: Direction,
+) -> CallReport<MigrationReport> {
+    let result = match report.result {
+        Ok(outcome) => Ok(MigrationReport {
+            outcome,
+            lock_wait_ms,
+            ..MigrationReport::default()
+        }),
+        Err(Error::Guest { message, .. }) => Ok(MigrationReport {
+            lock_wait_ms,
+            stopped: Some(statement_failed(&message, &[], direction)),
+            ..MigrationReport::default()
+        }),
+        Err(e) => Err(e),
+    };
     CallReport {
-        result: report.result.map(f),
+        result,
         logs: report.logs,
         duration: report.duration,
     }

@@ -292,6 +292,58 @@ async fn plain_files_apply_once_and_the_ledger_records_them() {
     assert_eq!(tables(&db), "gantry_schema_migrations,orders,users");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_runs_migrating_one_database_at_once_take_turns_and_apply_once() {
+    let host = PluginHost::new(HostConfig::default()).expect("host");
+    let sql_migrate = load(&host, 30_000);
+    let db = database("two_runs");
+    let dir = tempfile::tempdir().expect("dir");
+    files(
+        dir.path(),
+        &[(
+            "001_slow.up.sql",
+            "CREATE TABLE users (id int); SELECT pg_sleep(1.5); INSERT INTO users VALUES (1);",
+        )],
+    );
+    let up = request(Direction::Up, dir.path());
+    let first_ctx = common::step_context("staging", &[]);
+    let mut second_ctx = first_ctx.clone();
+    second_ctx.run_id = "run-2".into();
+    let started = Instant::now();
+    let (first, second) = tokio::join!(
+        run_report(&host, &sql_migrate, &first_ctx, &up, &db, "first"),
+        async {
+            // The second asks while the first holds the lock.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            run_report(&host, &sql_migrate, &second_ctx, &up, &db, "second").await
+        }
+    );
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    // One applied the file; the other waited for the lock, then found it
+    // applied and ran nothing.
+    let mut reports = [first, second];
+    reports.sort_by_key(|r| r.lock_wait_ms);
+    let [applied, waited] = reports;
+    assert_eq!(
+        actions(&applied),
+        [("001_slow".to_string(), UnitAction::Applied)]
+    );
+    assert_eq!(
+        actions(&waited),
+        [("001_slow".to_string(), UnitAction::AlreadyApplied)]
+    );
+    assert!(
+        waited.lock_wait_ms >= 500,
+        "waited {} ms",
+        waited.lock_wait_ms
+    );
+    assert_eq!(psql_on(&db.name, "SELECT count(*) FROM users"), "1");
+    assert_eq!(
+        psql_on(&db.name, "SELECT count(*) FROM gantry_schema_migrations"),
+        "1"
+    );
+}
+
 #[tokio::test]
 async fn an_edited_or_not_upstream_migration_is_refused_before_any_statement() {
     let host = PluginHost::new(HostConfig::default()).expect("host");
@@ -492,7 +544,11 @@ async fn a_migration_cannot_read_its_database_secret_open_sockets_call_unlisted_
         let report = host
             .migrate_database(&hostile, &ctx, &custom, &secrets(&db))
             .await;
-        let error = report.result.expect_err(mode).to_string();
+        // The plugin's `err` fails the step; a trap is an error.
+        let error = match report.result {
+            Ok(report) => report.stopped.expect(mode).to_string(),
+            Err(e) => e.to_string(),
+        };
         assert!(error.contains(expected), "{mode}: {error}");
         assert!(!error.contains(&db.url), "{mode}: {error}");
     }

@@ -206,3 +206,58 @@ async fn a_statement_that_ends_the_transaction_is_refused_and_cannot_commit() {
     );
     assert_eq!(tables, "early");
 }
+
+#[tokio::test]
+async fn a_restore_brings_back_the_backup_and_drops_what_came_after() {
+    let db = database("restore");
+    psql_on(
+        &db.name,
+        "CREATE TABLE kept (id int PRIMARY KEY, v text); INSERT INTO kept VALUES (1, 'before');
+         CREATE SCHEMA billing; CREATE TABLE billing.invoices (id int);",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backup = gantry_sql_pg::dump(&db.url, dir.path(), "before")
+        .await
+        .expect("dump");
+    psql_on(
+        &db.name,
+        "INSERT INTO kept VALUES (2, 'after'); CREATE TABLE made_after (i int);
+         CREATE SCHEMA later; CREATE TABLE later.t (i int); DROP TABLE billing.invoices;",
+    );
+    gantry_sql_pg::restore(&db.url, &backup.path)
+        .await
+        .expect("restore");
+    let tables = psql_on(
+        &db.name,
+        "SELECT string_agg(schemaname || '.' || tablename, ',' ORDER BY 1) FROM pg_tables
+         WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
+    );
+    assert_eq!(tables.trim(), "billing.invoices,public.kept");
+    assert_eq!(
+        psql_on(&db.name, "SELECT string_agg(v, ',') FROM kept").trim(),
+        "before"
+    );
+
+    // A backup that cannot be read changes nothing.
+    psql_on(&db.name, "CREATE TABLE made_after (i int)");
+    let half = dir.path().join("half.dump");
+    let bytes = std::fs::read(&backup.path).expect("read");
+    std::fs::write(&half, &bytes[..bytes.len() * 2 / 3]).expect("write");
+    let error = gantry_sql_pg::restore(&db.url, &half)
+        .await
+        .expect_err("a truncated backup");
+    assert!(error.message.contains("unchanged"), "{error}");
+    let tables = psql_on(
+        &db.name,
+        "SELECT count(*) FROM pg_tables WHERE tablename IN ('made_after', 'kept', 'invoices')",
+    );
+    assert_eq!(
+        tables.trim(),
+        "3",
+        "the failed restore left the database as it was"
+    );
+    let missing = gantry_sql_pg::restore(&db.url, &dir.path().join("none.dump"))
+        .await
+        .expect_err("no file");
+    assert!(missing.message.contains("none.dump"), "{missing}");
+}

@@ -108,6 +108,13 @@ impl Engine {
             lease_owner: self.config.worker_id.clone(),
             lease_until_ms: self.now() + self.config.lease.as_millis() as u64,
         });
+        self.save_so_far(cx, "effect intent").await
+    }
+
+    /// Checkpoints the transition so far as it stands (`what` names it in
+    /// the log): before an effect, and before a step gives the run up to a
+    /// person, so what it recorded (a failed down's evidence) is kept.
+    pub(super) async fn save_so_far(&self, cx: &mut Cx<'_>, what: &str) -> Result<(), Error> {
         cx.run.updated_ms = self.now();
         cx.tx.count(&cx.run.id, *cx.written, cx.run.status);
         let write = run_write(cx.run, *cx.version, self.due_at(cx.run));
@@ -116,7 +123,8 @@ impl Engine {
             .await?;
         *cx.version += 1;
         *cx.written = cx.run.status;
-        tracing::info!(run = %cx.run.id, effect = key, "checkpoint: effect intent");
+        let effect = cx.run.effect.as_ref().map(|e| e.key.as_str());
+        tracing::info!(run = %cx.run.id, effect, "checkpoint: {what}");
         self.crash.reached(CrashPoint::Checkpoint);
         Ok(())
     }

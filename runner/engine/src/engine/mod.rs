@@ -15,6 +15,7 @@
 //! | `ledger` | the evidence ledger |
 //! | `outbox` | notifications and deployment reports, delivered in order |
 //! | `people` | approve, reject, release |
+//! | `restore` | a database put back as a run's backup holds it (`gantry db restore`) |
 //! | `reviews` | GitHub deployment protection rules |
 //! | `sweeper` | what recovers a lost message: due runs and reviews, free environments with waiters |
 //! | `deadletter` | dead letters in the store, and their retry; the queue's own |
@@ -35,6 +36,7 @@ mod machine;
 mod outbox;
 mod people;
 mod queries;
+mod restore;
 mod reviews;
 mod rollback;
 mod schedule;
@@ -61,6 +63,7 @@ pub use deadletter::QueueDeadLetter;
 pub use intake::{Submitted, run_id_for};
 pub use people::{Decided, Released};
 pub use queries::{Counts, RunPage};
+pub use restore::{Restored, RunBackup};
 pub use sweeper::Swept;
 
 /// How the engine runs.

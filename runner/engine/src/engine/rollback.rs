@@ -140,12 +140,15 @@ impl Engine {
             ..MigrationRequest::default()
         };
         let report = self.migrate_effect(cx, env, name, &spec, &request).await?;
-        match report.stopped {
-            None => Ok(()),
-            Some(stop) => Err(Error::Terminal(format!(
-                "rollback: migration {name} {stop}; a person must undo it (then `gantry dlq retry`)"
-            ))),
-        }
+        let Some(stop) = report.stopped else {
+            return Ok(());
+        };
+        // The evidence of what failed is kept with the run before it waits
+        // for a person.
+        self.save_so_far(cx, "a needed down did not run").await?;
+        Err(Error::Terminal(format!(
+            "rollback: migration {name} {stop}; a person must undo it (then `gantry dlq retry`)"
+        )))
     }
 
     /// Redeploys the previous artifact through step `name`. A failure is

@@ -436,6 +436,49 @@ async fn a_needed_down_that_is_missing_waits_for_a_person_with_its_evidence() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_migrations_pass_staging_and_reach_production_as_evidence() {
+    let (h, migrations, staging, production) = started().await;
+    let files: Vec<(String, String)> = (1..=400)
+        .map(|i| {
+            (
+                format!("{i:03}_create_table_number_{i:03}.up.sql"),
+                format!("CREATE TABLE t{i:03} (id int);"),
+            )
+        })
+        .collect();
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(f, s)| (f.as_str(), s.as_str()))
+        .collect();
+    write(&migrations, &files);
+    let run = approved_run(&h, GOOD).await;
+    let done = h.wait_status(&run, "succeeded").await;
+    let count = "SELECT count(*) FROM gantry_schema_migrations";
+    assert_eq!(psql_on(&staging.name, count), "400");
+    assert_eq!(psql_on(&production.name, count), "400", "{done}");
+    // Every file is evidence, in as many entries as it takes.
+    let (_, evidence) = h
+        .api(Method::GET, &format!("/api/evidence/{GOOD}"), None)
+        .await;
+    let staging_entries = entries(&evidence, "staging");
+    let recorded: usize = staging_entries
+        .iter()
+        .filter(|e| e["kind"] == "migration")
+        .map(|e| {
+            e["observations"].as_array().map_or(0, |o| {
+                o.iter()
+                    .filter(|o| {
+                        o[1].as_str()
+                            .is_some_and(|v| v.starts_with("applied sha256:"))
+                    })
+                    .count()
+            })
+        })
+        .sum();
+    assert_eq!(recorded, 400, "{evidence:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_a_migration_leaves_all_or_none_and_the_run_resumes() {
     let (mut h, migrations, staging, production) = started().await;
     write(

@@ -81,9 +81,47 @@ pub fn observations(list: Vec<(String, String)>, run: &str) -> Vec<(String, Stri
     kept
 }
 
+/// Observations cut name by name and value by value, in groups of at most
+/// [`OBSERVATIONS`] bytes each, in order: for evidence where every
+/// observation counts (one per migration file), recorded as one entry per
+/// group rather than cut.
+pub fn observation_groups(list: Vec<(String, String)>, run: &str) -> Vec<Vec<(String, String)>> {
+    let mut groups = Vec::new();
+    let mut group = Vec::new();
+    let mut total = 0;
+    for (name, value) in list {
+        let name = cap(&name, OBSERVATION_NAME, "observation name", run);
+        let value = cap(&value, OBSERVATION_VALUE, "observation value", run);
+        let size = name.len() + value.len();
+        if total + size > OBSERVATIONS {
+            groups.push(std::mem::take(&mut group));
+            total = 0;
+        }
+        total += size;
+        group.push((name, value));
+    }
+    groups.push(group);
+    groups
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn observation_groups_keep_every_observation_in_order() {
+        let list: Vec<_> = (0..1000)
+            .map(|i| (format!("{i:03}_create_table"), "v".repeat(200)))
+            .collect();
+        let groups = observation_groups(list.clone(), "r");
+        assert!(groups.len() > 1);
+        for group in &groups {
+            let size: usize = group.iter().map(|(n, v)| n.len() + v.len()).sum();
+            assert!(size <= OBSERVATIONS, "{size}");
+        }
+        assert_eq!(groups.concat(), list);
+        assert_eq!(observation_groups(vec![], "r"), vec![Vec::new()]);
+    }
 
     #[test]
     fn short_text_is_kept_and_long_text_is_cut_with_a_marker() {

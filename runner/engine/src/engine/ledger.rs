@@ -102,6 +102,29 @@ impl Engine {
         sort
     }
 
+    /// Records `observations` whole, in as many entries as they need (see
+    /// [`bounded::observation_groups`]); each entry after the first says
+    /// which part it is.
+    pub(super) fn record_every(
+        &self,
+        cx: &mut Cx<'_>,
+        environment: &str,
+        step: &str,
+        kind: &str,
+        summary: &str,
+        observations: Vec<(String, String)>,
+    ) {
+        let groups = bounded::observation_groups(observations, &cx.run.id);
+        let parts = groups.len();
+        for (i, group) in groups.into_iter().enumerate() {
+            let summary = match parts {
+                1 => summary.to_string(),
+                _ => format!("{summary} (part {} of {parts})", i + 1),
+            };
+            self.record(cx, environment, step, kind, &summary, group, None);
+        }
+    }
+
     /// Rewrites the entry a run of retry-after answers collapses into.
     pub(super) fn record_poll(
         &self,

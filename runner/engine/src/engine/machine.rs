@@ -337,10 +337,14 @@ impl Engine {
                 self.plugins.migrate(plugin, &ctx, request, &secrets),
             )
             .await??;
-        let id = cx.run.id.clone();
         let summary = migration_summary(&report, request.direction);
-        let observed = observations(migration_evidence(&report), &id);
-        self.record(cx, &env.name, name, "migration", &summary, observed, None);
+        // One observation per file, every one kept: the next environment's
+        // upstream rule reads them.
+        let observed = migration_evidence(&report)
+            .into_iter()
+            .map(|o| (o.name, o.value))
+            .collect();
+        self.record_every(cx, &env.name, name, "migration", &summary, observed);
         Ok(report)
     }
 

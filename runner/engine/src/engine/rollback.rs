@@ -121,7 +121,7 @@ impl Engine {
                 })
                 .collect();
             let summary = format!("kept {} compatible migrations", kept.len());
-            self.record(cx, &env.name, name, "migration", &summary, observed, None);
+            self.record_every(cx, &env.name, name, "migration", &summary, observed);
         }
         let revert: Vec<String> = applied
             .iter()

@@ -1,5 +1,8 @@
 //! Builds the example plugins in `plugins/` for wasm32-wasip2, so every test
-//! and benchmark runs against components compiled from the current sources.
+//! and benchmark runs against components compiled from the current sources:
+//! the Rust ones with cargo, the Python ones (a directory with `app.py` and
+//! a `plugin.toml` whose `[build]` names the world) with componentize-py
+//! against `wit/` and `sdk/python`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -56,10 +59,79 @@ fn main() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+    let out = target_dir.join("wasm32-wasip2").join("release");
+    build_python(&root, &out);
+    println!("cargo:rustc-env=GANTRY_PLUGINS_DIR={}", out.display());
+}
+
+/// Builds every Python plugin of `plugins/` into `out`.
+fn build_python(root: &Path, out: &Path) {
+    let sdk = root.join("sdk").join("python");
     println!(
-        "cargo:rustc-env=GANTRY_PLUGINS_DIR={}",
-        target_dir.join("wasm32-wasip2").join("release").display()
+        "cargo:rerun-if-changed={}",
+        sdk.join("gantry_sdk").display()
     );
+    for entry in std::fs::read_dir(root.join("plugins"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let dir = entry.path();
+        if !dir.join("app.py").exists() {
+            continue;
+        }
+        println!("cargo:rerun-if-changed={}", dir.join("app.py").display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            dir.join("plugin.toml").display()
+        );
+        let world = world_of(&dir.join("plugin.toml"));
+        let name = entry.file_name().to_string_lossy().replace('-', "_");
+        let output = Command::new("componentize-py")
+            .arg("--wit-path")
+            .arg(root.join("wit"))
+            .args(["--world", &world, "componentize", "app"])
+            .arg("--python-path")
+            .arg(&dir)
+            .arg("--python-path")
+            .arg(&sdk)
+            .arg("--output")
+            .arg(out.join(format!("{name}.wasm")))
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run componentize-py ({e}) to build {}: install it with `python3 -m pip install componentize-py==0.25.1` (tests/run.sh does)",
+                    dir.display()
+                )
+            });
+        if !output.status.success() {
+            panic!(
+                "componentize-py failed to build {}:\n{}{}",
+                dir.display(),
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+}
+
+/// The world `[build]` of the manifest `path` names.
+fn world_of(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (a Python plugin needs its manifest)",
+            path.display()
+        )
+    });
+    let manifest: toml::Table = text
+        .parse()
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    manifest
+        .get("build")
+        .and_then(|b| b.get("world"))
+        .and_then(|w| w.as_str())
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("{}: [build] world is missing", path.display()))
 }
 
 fn env(name: &str) -> String {

@@ -13,6 +13,10 @@ echo "== moto_server, for the AWS backend's tests (each test process starts its 
 python3 -m pip install --quiet --disable-pip-version-check 'moto[server]>=5.2,<6'
 command -v moto_server >/dev/null || { echo "moto_server is not on PATH after pip install" >&2; exit 1; }
 
+echo "== componentize-py and pytest, for the Python SDK and the Python plugins"
+python3 -m pip install --quiet --disable-pip-version-check 'componentize-py==0.25.1' 'pytest>=8,<10'
+command -v componentize-py >/dev/null || { echo "componentize-py is not on PATH after pip install" >&2; exit 1; }
+
 echo "== PostgreSQL binaries, for the migration tests (each test process runs its own cluster)"
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql
@@ -21,6 +25,9 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/n
   echo "initdb is not installed after apt-get install postgresql" >&2
   exit 1
 }
+
+echo "== Python SDK and plugins: unit tests in plain CPython against the SDK's fake host"
+PYTHONPATH=sdk/python python3 -m pytest -q -p no:cacheprovider sdk/python/tests plugins/error-rate-py/tests
 
 echo "== format"
 cargo fmt --all -- --check

@@ -5,6 +5,7 @@ mod backend;
 mod client;
 mod db;
 mod plugin;
+mod project;
 mod serve;
 
 use clap::{Parser, Subcommand};

@@ -1,4 +1,5 @@
-//! `gantry plugin run` and `gantry plugin inspect`.
+//! `gantry plugin run` and `gantry plugin inspect`; `new` and `build` are
+//! in `project.rs`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,13 @@ pub enum PluginCommand {
     Run(Box<RunArgs>),
     /// Show a component's world, imports and exports, and what a manifest grants.
     Inspect(InspectArgs),
+    /// Create a plugin project: the source, a manifest, a unit test and a
+    /// README, with its SDK and the plugin contract copied in.
+    New(crate::project::NewArgs),
+    /// Build the plugin project in a directory (its `plugin.toml` says the
+    /// language and the world): unit tests first unless `--no-test`, then
+    /// the component; prints its path and size.
+    Build(crate::project::BuildArgs),
 }
 
 #[derive(Args)]
@@ -141,6 +149,8 @@ pub async fn run(command: PluginCommand) -> anyhow::Result<ExitCode> {
     match command {
         PluginCommand::Run(args) => run_plugin(*args).await,
         PluginCommand::Inspect(args) => inspect(args),
+        PluginCommand::New(args) => crate::project::new(args),
+        PluginCommand::Build(args) => crate::project::build(args),
     }
 }
 

@@ -11,6 +11,10 @@
 //! [secrets]
 //! production = ["DATADOG_API_KEY"]
 //! staging = []
+//!
+//! [build]               # how the plugin's project is built; the host ignores it
+//! language = "python"   # rust, python or js
+//! world = "gate"        # gate, notifier or migration
 //! ```
 
 use std::collections::BTreeMap;
@@ -50,6 +54,32 @@ pub struct Manifest {
     /// Secret names the plugin may read, per environment name.
     #[serde(default)]
     pub secrets: BTreeMap<String, Vec<String>>,
+    /// How the plugin's project is built (`gantry plugin build`); the host
+    /// does not read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<Build>,
+}
+
+/// How a plugin project is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Build {
+    /// The guest language.
+    pub language: Language,
+    /// The world the component targets.
+    pub world: crate::types::World,
+}
+
+/// A guest language with an SDK.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    /// `sdk/rust`, built with cargo for wasm32-wasip2.
+    Rust,
+    /// `sdk/python`, built with componentize-py.
+    Python,
+    /// `sdk/js`, built with componentize-js.
+    Js,
 }
 
 /// Per-call limits.
@@ -246,6 +276,22 @@ mod tests {
         assert!(err.contains("limits.memory_mb"), "{err}");
         let err = Manifest::from_toml("[limits]\ntimeout_ms = 3600000\n").expect_err("an hour");
         assert!(err.contains("limits.timeout_ms"), "{err}");
+    }
+
+    #[test]
+    fn the_build_table_names_a_language_and_a_world() {
+        let m = Manifest::from_toml("[build]\nlanguage = \"python\"\nworld = \"gate\"\n")
+            .expect("parses");
+        assert_eq!(
+            m.build,
+            Some(Build {
+                language: Language::Python,
+                world: crate::types::World::Gate
+            })
+        );
+        let err = Manifest::from_toml("[build]\nlanguage = \"cobol\"\nworld = \"gate\"\n")
+            .expect_err("unknown language");
+        assert!(err.contains("cobol") && err.contains("python"), "{err}");
     }
 
     #[test]

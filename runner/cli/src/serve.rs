@@ -4,8 +4,10 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use async_trait::async_trait;
@@ -15,7 +17,7 @@ use gantry_github::{GithubAuth, GithubReporter};
 use gantry_pipeline::Pipeline;
 use gantry_plugin_api::{
     Event, MigrationReport, MigrationRequest, PluginFailure, PluginRef, PluginRunner, SecretSource,
-    StepContext, Verdict,
+    StepContext, Verdict, World,
 };
 use gantry_plugin_host::{HostConfig, HostedPlugins, PluginHost};
 use gantry_receiver::ReceiverConfig;
@@ -355,7 +357,8 @@ async fn open(
 }
 
 /// Every pipeline's plugins, compiled (or read from `cache_dir`) up front,
-/// each checked against the world its steps need. Errors name the plugin.
+/// before the process takes work, each checked against the world its steps
+/// need (see [`load_all`]). Errors name the pipeline and the plugin.
 fn hosted_plugins(
     pipelines: &[Pipeline],
     cache_dir: Option<PathBuf>,
@@ -365,6 +368,7 @@ fn hosted_plugins(
         ..HostConfig::default()
     })?;
     let plugins = HostedPlugins::new(host);
+    let mut jobs = Vec::new();
     for pipeline in pipelines {
         let worlds = pipeline.plugin_worlds();
         for (name, decl) in &pipeline.plugins {
@@ -377,12 +381,60 @@ fn hosted_plugins(
                 digest: &decl.digest,
                 manifest: &decl.manifest,
             };
-            plugins.load(plugin, *world).map_err(|e| {
-                anyhow::anyhow!("pipeline `{}`: plugin `{name}`: {e}", pipeline.name)
-            })?;
+            jobs.push((pipeline.name.as_str(), plugin, *world));
         }
     }
+    load_all(&plugins, &jobs)?;
     Ok(plugins)
+}
+
+/// Loads `jobs` (pipeline, plugin, world) into `plugins` on parallel
+/// threads, a line for each plugin as it is ready and one for all.
+fn load_all(plugins: &HostedPlugins, jobs: &[(&str, PluginRef<'_>, World)]) -> anyhow::Result<()> {
+    let total = jobs.len();
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(total)
+        .max(1);
+    let started = Instant::now();
+    eprintln!("loading {total} plugins on {threads} threads (compiled once, then from the cache)");
+    let (next, ready) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let errors = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                while let Some((pipeline, plugin, world)) = jobs.get(next.fetch_add(1, Relaxed)) {
+                    let began = Instant::now();
+                    match plugins.load(*plugin, *world) {
+                        Ok(()) => eprintln!(
+                            "plugin {}/{total} ready: `{}` of pipeline `{pipeline}` in {:.2} s",
+                            ready.fetch_add(1, Relaxed) + 1,
+                            plugin.name,
+                            began.elapsed().as_secs_f64()
+                        ),
+                        Err(e) => errors
+                            .lock()
+                            .map(|mut all| {
+                                all.push(format!(
+                                    "pipeline `{pipeline}`: plugin `{}`: {e}",
+                                    plugin.name
+                                ))
+                            })
+                            .unwrap_or_default(),
+                    }
+                }
+            });
+        }
+    });
+    let errors = errors.into_inner().unwrap_or_default();
+    if !errors.is_empty() {
+        anyhow::bail!("{}", errors.join("\n"));
+    }
+    eprintln!(
+        "{total} plugins ready in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// The plugin runner of a process that advances no run (`gantry

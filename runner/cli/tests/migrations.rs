@@ -117,6 +117,20 @@ fn entry_with<'a>(entries: &[&'a Value], name: &str) -> Option<&'a Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_migration_fails_the_run_with_its_file_and_sqlstate_and_leaves_nothing() {
     let (h, migrations, staging, _) = started().await;
+    // Every plugin was loaded, each with a line, before the server took work.
+    let lines = h
+        .server
+        .as_ref()
+        .expect("server")
+        .lines
+        .lock()
+        .expect("lines")
+        .clone();
+    let shown = |text: &str| lines.iter().any(|l| l.contains(text));
+    assert!(
+        shown("ready: `sql-migrate` of pipeline") && shown("plugins ready in"),
+        "{lines:#?}"
+    );
     write(
         &migrations,
         &[

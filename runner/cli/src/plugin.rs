@@ -37,9 +37,10 @@ pub enum PluginCommand {
 pub struct RunArgs {
     /// The component (`.wasm`).
     component: PathBuf,
-    /// The world the component must target.
-    #[arg(long, value_enum, default_value = "gate")]
-    world: WorldArg,
+    /// The world the component must target (default: the manifest's
+    /// `[build] world`, else gate).
+    #[arg(long, value_enum)]
+    world: Option<WorldArg>,
     /// The environment to run for; it selects the manifest's secret grants.
     #[arg(long = "env", default_value = "dev")]
     environment: String,
@@ -208,14 +209,15 @@ async fn run_plugin(args: RunArgs) -> anyhow::Result<ExitCode> {
         _ => None,
     };
 
+    let expected = match args.world {
+        Some(WorldArg::Gate) => World::Gate,
+        Some(WorldArg::Notifier) => World::Notifier,
+        Some(WorldArg::Migration) => World::Migration,
+        None => manifest.build.map_or(World::Gate, |b| b.world),
+    };
     let host = args.cache.host()?;
     let name = plugin_name(&args.component, args.name.as_deref());
     let plugin = host.load(&name, &args.component, manifest)?;
-    let expected = match args.world {
-        WorldArg::Gate => World::Gate,
-        WorldArg::Notifier => World::Notifier,
-        WorldArg::Migration => World::Migration,
-    };
     if plugin.world() != expected {
         bail!(
             "{}: the component targets the {} world, not {expected} (pass --world {})",

@@ -121,6 +121,25 @@ fn new_python_notifiers_and_migrations_pass_their_tests_and_build() {
             "inspect",
         );
         assert!(inspected.contains(world), "{inspected}");
+        // `plugin run` takes the world from plugin.toml: the notifier is
+        // called as one and asks for its config.
+        if world == "notifier" {
+            let run = gantry(
+                &project,
+                &[
+                    "plugin",
+                    "run",
+                    "my_notifier.wasm",
+                    "--manifest",
+                    "plugin.toml",
+                ],
+            );
+            let said = String::from_utf8_lossy(&run.stderr);
+            assert!(
+                said.contains("config key `webhook_url` is required"),
+                "{said}"
+            );
+        }
     }
 }
 

@@ -21,21 +21,8 @@ use axum::{Json, Router};
 use gantry_plugin_host::{
     Artifact, CacheOutcome, Decision, HostConfig, Manifest, PluginHost, StepContext,
 };
+use gantry_tests::{Stats, stats};
 use serde_json::json;
-
-struct Stats {
-    median: Duration,
-    p99: Duration,
-}
-
-fn stats(mut samples: Vec<Duration>) -> Stats {
-    samples.sort();
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    Stats {
-        median: at(0.5),
-        p99: at(0.99),
-    }
-}
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3

@@ -4,7 +4,8 @@
 //!   the current sources of `plugins/`.
 //! - [`FakeApp`]: a controllable HTTP service standing in for a deployed app.
 //! - [`example_pipeline`]: the example pipeline, pointed at given ports.
-//! - [`rss_bytes`]: this process's resident memory.
+//! - [`rss_bytes`]: this process's resident memory; [`stats`]: a
+//!   benchmark's median and p99.
 //! - [`serve`]: an axum router on a loopback port (fake GitHub, fake Slack,
 //!   a receiver under test).
 //! - [`fakes`]: plugins and a deploy target in process, counting effects by
@@ -125,6 +126,24 @@ pub fn example_pipeline(
         }
     }
     text
+}
+
+/// The median and 99th percentile of a benchmark's samples.
+pub struct Stats {
+    /// The median.
+    pub median: std::time::Duration,
+    /// The 99th percentile.
+    pub p99: std::time::Duration,
+}
+
+/// [`Stats`] of `samples` (at least one).
+pub fn stats(mut samples: Vec<std::time::Duration>) -> Stats {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    Stats {
+        median: at(0.5),
+        p99: at(0.99),
+    }
 }
 
 /// This process's resident set size, from `/proc/self/status`.

@@ -52,6 +52,15 @@ fn columns(db: &str) -> String {
     )
 }
 
+/// The evidence ledger of commit `sha`, as the API shows it.
+async fn evidence_of(h: &Harness, sha: &str) -> Value {
+    let (status, evidence) = h
+        .api(Method::GET, &format!("/api/evidence/{sha}"), None)
+        .await;
+    assert_eq!(status, 200, "{evidence}");
+    evidence
+}
+
 fn entries<'a>(evidence: &'a Value, environment: &str) -> Vec<&'a Value> {
     evidence
         .as_array()
@@ -152,9 +161,7 @@ async fn a_failing_migration_fails_the_run_with_its_file_and_sqlstate_and_leaves
         "{failed}"
     );
     assert_eq!(columns(&staging.name), "id,name", "no partial schema");
-    let (_, evidence) = h
-        .api(Method::GET, &format!("/api/evidence/{GOOD}"), None)
-        .await;
+    let evidence = evidence_of(&h, GOOD).await;
     let entries = entries(&evidence, "staging");
     let entry = entry_with(&entries, "error.sqlstate").unwrap_or_else(|| panic!("{evidence:#}"));
     assert_eq!(
@@ -267,9 +274,7 @@ async fn a_failed_canary_reverts_the_incompatible_migration_keeps_the_expand_one
         "001_add_note"
     );
 
-    let (_, evidence) = h
-        .api(Method::GET, &format!("/api/evidence/{BAD}"), None)
-        .await;
+    let evidence = evidence_of(&h, BAD).await;
     let prod = entries(&evidence, "production");
     let applied = prod
         .iter()
@@ -418,9 +423,7 @@ async fn a_needed_down_that_is_missing_waits_for_a_person_with_its_evidence() {
         "{parked}"
     );
     assert_eq!(columns(&production.name), "id,full_name", "nothing skipped");
-    let (_, evidence) = h
-        .api(Method::GET, &format!("/api/evidence/{BAD}"), None)
-        .await;
+    let evidence = evidence_of(&h, BAD).await;
     let prod = entries(&evidence, "production");
     let refused = entry_with(&prod, "error.refused").unwrap_or_else(|| panic!("{evidence:#}"));
     assert_eq!(
@@ -471,9 +474,7 @@ async fn hundreds_of_migrations_pass_staging_and_reach_production_as_evidence() 
     assert_eq!(psql_on(&staging.name, count), "400");
     assert_eq!(psql_on(&production.name, count), "400", "{done}");
     // Every file is evidence, in as many entries as it takes.
-    let (_, evidence) = h
-        .api(Method::GET, &format!("/api/evidence/{GOOD}"), None)
-        .await;
+    let evidence = evidence_of(&h, GOOD).await;
     let staging_entries = entries(&evidence, "staging");
     let recorded: usize = staging_entries
         .iter()

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use gantry_plugin_host::{
     Allocator, Artifact, CacheOutcome, HostConfig, Manifest, PluginHost, StepContext,
 };
+use gantry_tests::{Stats, stats};
 
 fn ctx() -> StepContext {
     StepContext {
@@ -29,20 +30,6 @@ fn ctx() -> StepContext {
         attempt: 1,
         idempotency_key: "run-1/staging/smoke/1".into(),
         config: vec![("url".into(), "http://127.0.0.1:1/".into())],
-    }
-}
-
-struct Stats {
-    median: Duration,
-    p99: Duration,
-}
-
-fn stats(mut samples: Vec<Duration>) -> Stats {
-    samples.sort();
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    Stats {
-        median: at(0.5),
-        p99: at(0.99),
     }
 }
 

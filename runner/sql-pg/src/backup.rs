@@ -191,11 +191,14 @@ pub async fn restore(url: &str, file: &Path) -> Result<(), SqlError> {
 
 /// Starts `command`, a PostgreSQL client tool.
 fn spawn(command: &mut Command, tool: &str) -> Result<tokio::process::Child, SqlError> {
-    command.spawn().map_err(|e| {
-        SqlError::new(format!(
-            "cannot run {tool}: {e} (is PostgreSQL's client installed?)"
-        ))
-    })
+    command.spawn().map_err(|e| cannot_run(tool, e))
+}
+
+/// A client tool that did not start.
+fn cannot_run(tool: &str, e: std::io::Error) -> SqlError {
+    SqlError::new(format!(
+        "cannot run {tool}: {e} (is PostgreSQL's client installed?)"
+    ))
 }
 
 /// The start of a tool's stderr, for an error.
@@ -273,11 +276,7 @@ fn connect_with(command: &mut Command, url: &str) -> Result<(), SqlError> {
 /// Runs `command` against `url`'s database; its stderr is the error.
 async fn run(mut command: Command, url: &str, tool: &str) -> Result<(), SqlError> {
     connect_with(&mut command, url)?;
-    let output = command.output().await.map_err(|e| {
-        SqlError::new(format!(
-            "cannot run {tool}: {e} (is PostgreSQL's client installed?)"
-        ))
-    })?;
+    let output = command.output().await.map_err(|e| cannot_run(tool, e))?;
     if output.status.success() {
         return Ok(());
     }

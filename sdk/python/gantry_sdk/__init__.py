@@ -354,18 +354,27 @@ def gate(function: Callable[[Context], Verdict]) -> Gate:
     return Gate(function)
 
 
+def _answer(what: str, expected: Optional[type], function: Callable[..., Any], *args: Any) -> Any:
+    """`function(*args)` for the host: an `Error` it raises becomes the
+    WIT `err` (componentize-py's `Err`), and so does an answer that is not
+    an `expected`."""
+    from componentize_py_types import Err
+
+    try:
+        answer = function(*args)
+    except Error as e:
+        raise Err(str(e)) from None
+    if expected is not None and not isinstance(answer, expected):
+        article = "an" if expected.__name__[0] in "AEIOU" else "a"
+        raise Err(f"the {what} returned {type(answer).__name__}, not {article} {expected.__name__}")
+    return answer
+
+
 def _gate_world(function: Callable[[Context], Verdict]) -> type:
     class WitWorld:
         def evaluate(self, wit_ctx, state):
-            from componentize_py_types import Err
-
-            try:
-                verdict = function(_convert.context(wit_ctx, state))
-            except Error as e:
-                raise Err(str(e)) from None
-            if not isinstance(verdict, Verdict):
-                raise Err(f"the gate returned {type(verdict).__name__}, not a Verdict")
-            return _convert.verdict(verdict)
+            ctx = _convert.context(wit_ctx, state)
+            return _convert.verdict(_answer("gate", Verdict, function, ctx))
 
     return WitWorld
 
@@ -390,12 +399,8 @@ def notifier(function: Callable[[Context, Event], None]) -> Notifier:
 def _notifier_world(function: Callable[[Context, Event], None]) -> type:
     class WitWorld:
         def notify(self, wit_ctx, wit_event):
-            from componentize_py_types import Err
-
-            try:
-                function(_convert.context(wit_ctx, None), _convert.event(wit_event))
-            except Error as e:
-                raise Err(str(e)) from None
+            ctx = _convert.context(wit_ctx, None)
+            _answer("notifier", None, function, ctx, _convert.event(wit_event))
 
     return WitWorld
 
@@ -417,15 +422,8 @@ def migration(up: Callable[[Context], Outcome], down: Callable[[Context], Outcom
 
 def _migration_world(up: Callable[[Context], Outcome], down: Callable[[Context], Outcome]) -> type:
     def call(function, wit_ctx):
-        from componentize_py_types import Err
-
-        try:
-            outcome = function(_convert.context(wit_ctx, None))
-        except Error as e:
-            raise Err(str(e)) from None
-        if not isinstance(outcome, Outcome):
-            raise Err(f"the migration returned {type(outcome).__name__}, not an Outcome")
-        return _convert.outcome(outcome)
+        ctx = _convert.context(wit_ctx, None)
+        return _convert.outcome(_answer("migration", Outcome, function, ctx))
 
     class WitWorld:
         def up(self, wit_ctx):

@@ -13,9 +13,9 @@ use serde::Serialize;
 
 use gantry_pipeline::Pipeline;
 
-use super::{Engine, decode};
+use super::Engine;
 use crate::error::Refusal;
-use crate::model::{EvidenceEntry, Run, run_key};
+use crate::model::{EvidenceEntry, Run};
 
 /// A backup a run took before it migrated an environment's database.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -106,13 +106,9 @@ impl Engine {
     }
 
     async fn run_of(&self, run_id: &str) -> Result<Run, Refusal> {
-        let key = run_key(run_id);
-        let item = self
-            .backend
-            .get(&key)
+        self.run(run_id)
             .await?
-            .ok_or_else(|| Refusal::NotFound(format!("no run {run_id}")))?;
-        Ok(decode(&key, &item.value)?)
+            .ok_or_else(|| Refusal::NotFound(format!("no run {run_id}")))
     }
 
     /// The first backup `run` took in `environment`, and the database its

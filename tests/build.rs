@@ -2,7 +2,9 @@
 //! and benchmark runs against components compiled from the current sources:
 //! the Rust ones with cargo, the Python ones (a directory with `app.py` and
 //! a `plugin.toml` whose `[build]` names the world) with componentize-py
-//! against `wit/` and `sdk/python`.
+//! against `wit/` and `sdk/python`, the JavaScript ones (`app.js`) with
+//! `sdk/js/build.mjs` once per engine: `NAME_quickjs.wasm`,
+//! `NAME_spidermonkey.wasm`, and `NAME.wasm` with the manifest's engine.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -61,7 +63,33 @@ fn main() {
     }
     let out = target_dir.join("wasm32-wasip2").join("release");
     build_python(&root, &out);
+    build_js(&root, &out);
     println!("cargo:rustc-env=GANTRY_PLUGINS_DIR={}", out.display());
+}
+
+/// The plugin directories of `plugins/` with an `app` source file of
+/// extension `ext`, with their file names and manifests' `[build]` tables;
+/// cargo reruns the build when one changes.
+fn plugins_in(root: &Path, ext: &str) -> Vec<(PathBuf, String, toml::Table)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(root.join("plugins"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let dir = entry.path();
+        let app = dir.join(format!("app.{ext}"));
+        if !app.exists() {
+            continue;
+        }
+        let manifest = dir.join("plugin.toml");
+        println!("cargo:rerun-if-changed={}", app.display());
+        println!("cargo:rerun-if-changed={}", manifest.display());
+        let name = entry.file_name().to_string_lossy().replace('-', "_");
+        let build = build_table(&manifest);
+        found.push((dir, name, build));
+    }
+    found
 }
 
 /// Builds every Python plugin of `plugins/` into `out`.
@@ -71,22 +99,8 @@ fn build_python(root: &Path, out: &Path) {
         "cargo:rerun-if-changed={}",
         sdk.join("gantry_sdk").display()
     );
-    for entry in std::fs::read_dir(root.join("plugins"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let dir = entry.path();
-        if !dir.join("app.py").exists() {
-            continue;
-        }
-        println!("cargo:rerun-if-changed={}", dir.join("app.py").display());
-        println!(
-            "cargo:rerun-if-changed={}",
-            dir.join("plugin.toml").display()
-        );
-        let world = world_of(&dir.join("plugin.toml"));
-        let name = entry.file_name().to_string_lossy().replace('-', "_");
+    for (dir, name, build) in plugins_in(root, "py") {
+        let world = world_of(&build, &dir);
         let output = Command::new("componentize-py")
             .arg("--wit-path")
             .arg(root.join("wit"))
@@ -115,23 +129,78 @@ fn build_python(root: &Path, out: &Path) {
     }
 }
 
-/// The world `[build]` of the manifest `path` names.
-fn world_of(path: &Path) -> String {
+/// Builds every JavaScript plugin of `plugins/` into `out`, once per
+/// engine, with `sdk/js/build.mjs` (its npm packages installed by
+/// `npm ci` in `sdk/js`).
+fn build_js(root: &Path, out: &Path) {
+    let sdk = root.join("sdk").join("js");
+    for file in [
+        "gantry.js",
+        "host.js",
+        "host-sql.js",
+        "sql-values.js",
+        "build.mjs",
+        "wit.mjs",
+        "package-lock.json",
+    ] {
+        println!("cargo:rerun-if-changed={}", sdk.join(file).display());
+    }
+    for (dir, name, build) in plugins_in(root, "js") {
+        let world = world_of(&build, &dir);
+        for engine in ["quickjs", "spidermonkey"] {
+            let wasm = out.join(format!("{name}_{engine}.wasm"));
+            let output = Command::new("node")
+                .arg(sdk.join("build.mjs"))
+                .arg("--dir")
+                .arg(&dir)
+                .args(["--world", &world, "--engine", engine, "--wit"])
+                .arg(root.join("wit"))
+                .arg("--out")
+                .arg(&wasm)
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run node ({e}) to build {}", dir.display()));
+            if !output.status.success() {
+                panic!(
+                    "building {} with {engine} failed (tests/run.sh runs `npm ci` in sdk/js first):\n{}",
+                    dir.display(),
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+        }
+        let engine = build
+            .get("engine")
+            .and_then(|e| e.as_str())
+            .unwrap_or("quickjs");
+        let chosen = out.join(format!("{name}_{engine}.wasm"));
+        std::fs::copy(&chosen, out.join(format!("{name}.wasm")))
+            .unwrap_or_else(|e| panic!("{}: {e}", chosen.display()));
+    }
+}
+
+/// The `[build]` table of the manifest at `path`.
+fn build_table(path: &Path) -> toml::Table {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| {
         panic!(
-            "{}: {e} (a Python plugin needs its manifest)",
+            "{}: {e} (a plugin built here needs its manifest)",
             path.display()
         )
     });
     let manifest: toml::Table = text
         .parse()
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    manifest
-        .get("build")
-        .and_then(|b| b.get("world"))
+    match manifest.get("build") {
+        Some(toml::Value::Table(build)) => build.clone(),
+        _ => panic!("{}: the [build] table is missing", path.display()),
+    }
+}
+
+/// The world a `[build]` table names.
+fn world_of(build: &toml::Table, dir: &Path) -> String {
+    build
+        .get("world")
         .and_then(|w| w.as_str())
         .map(str::to_string)
-        .unwrap_or_else(|| panic!("{}: [build] world is missing", path.display()))
+        .unwrap_or_else(|| panic!("{}/plugin.toml: [build] world is missing", dir.display()))
 }
 
 fn env(name: &str) -> String {

@@ -17,6 +17,12 @@ echo "== componentize-py and pytest, for the Python SDK and the Python plugins"
 python3 -m pip install --quiet --disable-pip-version-check 'componentize-py==0.25.1' 'pytest>=8,<10'
 command -v componentize-py >/dev/null || { echo "componentize-py is not on PATH after pip install" >&2; exit 1; }
 
+echo "== the JavaScript SDK's npm packages (componentize-qjs, componentize-js), pinned by sdk/js/package-lock.json"
+command -v node >/dev/null && command -v npm >/dev/null || {
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm
+}
+(cd sdk/js && npm ci --no-audit --no-fund --loglevel=error)
+
 echo "== PostgreSQL binaries, for the migration tests (each test process runs its own cluster)"
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql
@@ -28,6 +34,10 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/n
 
 echo "== Python SDK and plugins: unit tests in plain CPython against the SDK's fake host"
 PYTHONPATH=sdk/python python3 -m pytest -q -p no:cacheprovider sdk/python/tests plugins/error-rate-py/tests
+
+echo "== JavaScript SDK and plugins: unit tests in plain Node against the SDK's fake host"
+(cd sdk/js && node --test)
+(cd plugins/error-rate-js && node --test)
 
 echo "== format"
 cargo fmt --all -- --check

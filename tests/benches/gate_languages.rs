@@ -2,10 +2,12 @@
 //! run as a subprocess in that language, in one run:
 //!
 //! - a call of the component (a fresh instance per call, the compiled
-//!   cache warm), for `plugins/error-rate` (Rust) and
-//!   `plugins/error-rate-py` (Python);
-//! - `error-rate-native URL` (a native binary) and `python3
-//!   plugins/error-rate-py/baseline.py URL`, each spawned per check;
+//!   cache warm), for `plugins/error-rate` (Rust), `plugins/error-rate-py`
+//!   (Python) and `plugins/error-rate-js` (JavaScript on QuickJS, the
+//!   default, and on SpiderMonkey);
+//! - `error-rate-native URL` (a native binary), `python3
+//!   plugins/error-rate-py/baseline.py URL` and `node
+//!   plugins/error-rate-js/baseline.js URL`, each spawned per check;
 //! - a cold start: a new host loading each component from the on-disk
 //!   cache, against compiling it.
 //!
@@ -144,8 +146,10 @@ fn main() {
     let addr = runtime.block_on(gantry_tests::serve(app));
     let origin = format!("http://{addr}");
     let url = format!("{origin}/metrics");
-    let baseline = root().join("plugins/error-rate-py/baseline.py");
-    let baseline = baseline.to_str().expect("utf-8 path");
+    let python = root().join("plugins/error-rate-py/baseline.py");
+    let node = root().join("plugins/error-rate-js/baseline.js");
+    let [python, node] = [&python, &node].map(|p| p.to_str().expect("utf-8 path"));
+    let node = spawns("node", &[node, &url], spawned);
 
     println!("the error-rate gate, per check (median / p99 ms), {n} calls");
     println!(
@@ -161,7 +165,13 @@ fn main() {
         (
             "Python",
             "error-rate-py",
-            spawns("python3", &[baseline, &url], spawned),
+            spawns("python3", &[python, &url], spawned),
+        ),
+        ("JavaScript (QuickJS)", "error-rate-js_quickjs", node),
+        (
+            "JavaScript (SpiderMonkey)",
+            "error-rate-js_spidermonkey",
+            node,
         ),
     ];
     for (language, name, subprocess) in languages {

@@ -129,6 +129,7 @@ pub fn example_pipeline(
 }
 
 /// The median and 99th percentile of a benchmark's samples.
+#[derive(Clone, Copy)]
 pub struct Stats {
     /// The median.
     pub median: std::time::Duration,

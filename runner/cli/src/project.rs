@@ -1,5 +1,5 @@
-//! `gantry plugin new` and `gantry plugin build`: a plugin project in Rust
-//! or Python, self-contained (its SDK and `wit/` are copied in, from this
+//! `gantry plugin new` and `gantry plugin build`: a plugin project in Rust,
+//! Python or JavaScript, self-contained (its SDK and `wit/` are copied in, from this
 //! binary), built by the language's own tool whatever it is.
 
 use std::path::{Path, PathBuf};
@@ -8,7 +8,7 @@ use std::process::{Command, ExitCode};
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use gantry_plugin_host::Manifest;
-use gantry_plugin_host::manifest::Language;
+use gantry_plugin_host::manifest::{Build, JsEngine, Language};
 
 /// The plugin contract, as this binary was built with it.
 const WIT: &str = include_str!("../../../wit/plugin.wit");
@@ -40,6 +40,31 @@ const PYTHON_SDK: &[File] = &[
         "gantry_sdk/testing.py",
         include_str!("../../../sdk/python/gantry_sdk/testing.py"),
     ),
+];
+
+const JS_SDK: &[File] = &[
+    (
+        "gantry/gantry.js",
+        include_str!("../../../sdk/js/gantry.js"),
+    ),
+    ("gantry/host.js", include_str!("../../../sdk/js/host.js")),
+    (
+        "gantry/host-sql.js",
+        include_str!("../../../sdk/js/host-sql.js"),
+    ),
+    (
+        "gantry/sql-values.js",
+        include_str!("../../../sdk/js/sql-values.js"),
+    ),
+    (
+        "gantry/testing.js",
+        include_str!("../../../sdk/js/testing.js"),
+    ),
+    (
+        "gantry/build.mjs",
+        include_str!("../../../sdk/js/build.mjs"),
+    ),
+    ("gantry/wit.mjs", include_str!("../../../sdk/js/wit.mjs")),
 ];
 
 const RUST_SDK: &[File] = &[
@@ -114,6 +139,7 @@ pub struct BuildArgs {
 enum LanguageArg {
     Rust,
     Python,
+    Js,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -168,6 +194,7 @@ pub fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
     let language = match args.language {
         LanguageArg::Rust => "rust",
         LanguageArg::Python => "python",
+        LanguageArg::Js => "js",
     };
     let fill = |text: &str| {
         text.replace("{{name}}", &args.name)
@@ -197,6 +224,18 @@ pub fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
                     .iter()
                     .map(|(p, t)| (p.to_string(), t.to_string())),
             );
+        }
+        LanguageArg::Js => {
+            let (app, test) = js_template(world);
+            files.push(("app.js".into(), fill(app)));
+            files.push(("tests/app.test.js".into(), fill(test)));
+            for (path, text) in [
+                ("README.md", include_str!("../templates/js/README.md")),
+                ("package.json", include_str!("../templates/js/package.json")),
+            ] {
+                files.push((path.into(), fill(text)));
+            }
+            files.extend(JS_SDK.iter().map(|(p, t)| (p.to_string(), t.to_string())));
         }
         LanguageArg::Rust => {
             files.push(("src/lib.rs".into(), fill(rust_template(world))));
@@ -251,6 +290,23 @@ fn python_template(world: WorldArg) -> (&'static str, &'static str) {
     }
 }
 
+fn js_template(world: WorldArg) -> (&'static str, &'static str) {
+    match world {
+        WorldArg::Gate => (
+            include_str!("../templates/js/gate.js"),
+            include_str!("../templates/js/gate.test.js"),
+        ),
+        WorldArg::Notifier => (
+            include_str!("../templates/js/notifier.js"),
+            include_str!("../templates/js/notifier.test.js"),
+        ),
+        WorldArg::Migration => (
+            include_str!("../templates/js/migration.js"),
+            include_str!("../templates/js/migration.test.js"),
+        ),
+    }
+}
+
 fn rust_template(world: WorldArg) -> &'static str {
     match world {
         WorldArg::Gate => include_str!("../templates/rust/gate.rs"),
@@ -293,76 +349,111 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         .file_name()
         .map(|n| n.to_string_lossy().replace('-', "_"))
         .unwrap_or_else(|| "plugin".into());
-    let world = build.world.name();
     let component = match build.language {
-        Language::Python => {
-            if !args.no_test && dir.join("tests").is_dir() {
-                run(
-                    Command::new("python3").args([
-                        "-m",
-                        "pytest",
-                        "-q",
-                        "-p",
-                        "no:cacheprovider",
-                        "tests",
-                    ]),
-                    &dir,
-                    "the unit tests",
-                    "python3 -m pip install pytest",
-                )?;
-            }
-            let out = dir.join(format!("{name}.wasm"));
-            run(
-                Command::new("componentize-py")
-                    .args([
-                        "--wit-path",
-                        "wit",
-                        "--world",
-                        world,
-                        "--quiet",
-                        "componentize",
-                        "app",
-                    ])
-                    .args(["--python-path", ".", "--output"])
-                    .arg(&out),
-                &dir,
-                "componentize-py",
-                &format!("python3 -m pip install {COMPONENTIZE_PY}"),
-            )?;
-            out
-        }
-        Language::Rust => {
-            if !args.no_test {
-                run(
-                    Command::new("cargo").args(["test", "--quiet"]),
-                    &dir,
-                    "the unit tests",
-                    "Rust from https://rustup.rs",
-                )?;
-            }
-            run(
-                Command::new("cargo").args([
-                    "build",
-                    "--release",
-                    "--quiet",
-                    "--target",
-                    "wasm32-wasip2",
-                    "--target-dir",
-                    "target",
-                ]),
-                &dir,
-                "cargo build",
-                "the target: rustup target add wasm32-wasip2",
-            )?;
-            newest_wasm(&dir.join("target/wasm32-wasip2/release"))?
-        }
-        Language::Js => bail!("JavaScript plugins cannot be built yet"),
+        Language::Python => build_python(&dir, &name, build, args.no_test)?,
+        Language::Rust => build_rust(&dir, args.no_test)?,
+        Language::Js => build_js(&dir, &name, build, args.no_test)?,
     };
     let bytes = std::fs::metadata(&component)
         .with_context(|| format!("the build made no {}", component.display()))?
         .len();
     println!("{} ({bytes} bytes)", component.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Tests (pytest) and builds (componentize-py) the Python project in `dir`.
+fn build_python(dir: &Path, name: &str, build: Build, no_test: bool) -> anyhow::Result<PathBuf> {
+    let world = build.world.name();
+    if !no_test && dir.join("tests").is_dir() {
+        run(
+            Command::new("python3").args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"]),
+            dir,
+            "the unit tests",
+            "python3 -m pip install pytest",
+        )?;
+    }
+    let out = dir.join(format!("{name}.wasm"));
+    run(
+        Command::new("componentize-py")
+            .args([
+                "--wit-path",
+                "wit",
+                "--world",
+                world,
+                "--quiet",
+                "componentize",
+                "app",
+            ])
+            .args(["--python-path", ".", "--output"])
+            .arg(&out),
+        dir,
+        "componentize-py",
+        &format!("python3 -m pip install {COMPONENTIZE_PY}"),
+    )?;
+    Ok(out)
+}
+
+/// Tests and builds the Rust project in `dir` with cargo.
+fn build_rust(dir: &Path, no_test: bool) -> anyhow::Result<PathBuf> {
+    if !no_test {
+        run(
+            Command::new("cargo").args(["test", "--quiet"]),
+            dir,
+            "the unit tests",
+            "Rust from https://rustup.rs",
+        )?;
+    }
+    run(
+        Command::new("cargo").args([
+            "build",
+            "--release",
+            "--quiet",
+            "--target",
+            "wasm32-wasip2",
+            "--target-dir",
+            "target",
+        ]),
+        dir,
+        "cargo build",
+        "the target: rustup target add wasm32-wasip2",
+    )?;
+    newest_wasm(&dir.join("target/wasm32-wasip2/release"))
+}
+
+/// Installs the npm packages once, tests (`node --test`) and builds the
+/// JavaScript project in `dir` with its engine (`gantry/build.mjs`).
+fn build_js(dir: &Path, name: &str, build: Build, no_test: bool) -> anyhow::Result<PathBuf> {
+    const NODE: &str = "Node.js 18 or later, with npm";
+    if !dir.join("node_modules").is_dir() {
+        eprintln!("installing the build's npm packages (npm install), once");
+        run(
+            Command::new("npm").args(["install", "--no-audit", "--no-fund", "--prefer-offline"]),
+            dir,
+            "npm install",
+            NODE,
+        )?;
+    }
+    if !no_test && dir.join("tests").is_dir() {
+        run(
+            Command::new("node").arg("--test"),
+            dir,
+            "the unit tests",
+            NODE,
+        )?;
+    }
+    let engine = build.engine.unwrap_or(JsEngine::Quickjs);
+    let out = dir.join(format!("{name}.wasm"));
+    run(
+        Command::new("node")
+            .args(["gantry/build.mjs", "--dir", ".", "--wit", "wit"])
+            .args(["--world", build.world.name(), "--engine", engine.as_str()])
+            .arg("--out")
+            .arg(&out),
+        dir,
+        "the JavaScript build",
+        NODE,
+    )?;
+    Ok(out)
 }
 
 /// The component cargo just built: the newest `.wasm` in `dir`.
@@ -402,6 +493,17 @@ fn run(command: &mut Command, dir: &Path, what: &str, install: &str) -> anyhow::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_js_project_pins_the_componentizer_the_sdk_is_tested_with() {
+        let pinned = |text: &str| {
+            let json: serde_json::Value = serde_json::from_str(text).expect("package.json");
+            json["devDependencies"]["componentize-qjs"].clone()
+        };
+        let sdk = pinned(include_str!("../../../sdk/js/package.json"));
+        assert!(sdk.is_string(), "{sdk}");
+        assert_eq!(pinned(include_str!("../templates/js/package.json")), sdk);
+    }
 
     #[test]
     fn names_are_checked_before_anything_is_written() {

@@ -1,7 +1,7 @@
 //! `gantry plugin new`, `gantry plugin build` and `gantry plugin run`, in
 //! each language, through the real binary and the real toolchains
-//! (componentize-py, cargo for wasm32-wasip2): from nothing to a gate that
-//! gives its decision.
+//! (componentize-py, cargo for wasm32-wasip2, npm and componentize-qjs):
+//! from nothing to a gate that gives its decision.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -99,14 +99,31 @@ fn a_new_rust_gate_builds_and_decides() {
 }
 
 #[test]
+fn a_new_js_gate_builds_and_decides() {
+    new_gate_decides("js");
+}
+
+#[test]
 fn new_python_notifiers_and_migrations_pass_their_tests_and_build() {
+    new_notifiers_and_migrations_pass_their_tests_and_build("python");
+}
+
+#[test]
+fn new_js_notifiers_and_migrations_pass_their_tests_and_build() {
+    new_notifiers_and_migrations_pass_their_tests_and_build("js");
+}
+
+/// Creates a notifier and a migration in `language`, builds them (their
+/// unit tests first) and calls them: without their config or a database
+/// they answer with the SDK's and the host's errors, not a trap.
+fn new_notifiers_and_migrations_pass_their_tests_and_build(language: &str) {
     let root = tempfile::tempdir().expect("tempdir");
     for world in ["notifier", "migration"] {
         let name = format!("my-{world}");
         ok(
             &gantry(
                 root.path(),
-                &["plugin", "new", &name, "--lang", "python", "--world", world],
+                &["plugin", "new", &name, "--lang", language, "--world", world],
             ),
             "new",
         );
@@ -122,24 +139,25 @@ fn new_python_notifiers_and_migrations_pass_their_tests_and_build() {
         );
         assert!(inspected.contains(world), "{inspected}");
         // `plugin run` takes the world from plugin.toml: the notifier is
-        // called as one and asks for its config.
-        if world == "notifier" {
-            let run = gantry(
-                &project,
-                &[
-                    "plugin",
-                    "run",
-                    "my_notifier.wasm",
-                    "--manifest",
-                    "plugin.toml",
-                ],
-            );
-            let said = String::from_utf8_lossy(&run.stderr);
-            assert!(
-                said.contains("config key `webhook_url` is required"),
-                "{said}"
-            );
-        }
+        // called as one and asks for its config; the migration's first
+        // statement finds no database.
+        let run = gantry(
+            &project,
+            &[
+                "plugin",
+                "run",
+                &format!("my_{world}.wasm"),
+                "--manifest",
+                "plugin.toml",
+            ],
+        );
+        let said = String::from_utf8_lossy(&run.stderr);
+        let expected = match world {
+            "notifier" => "config key `webhook_url` is required",
+            _ => "no database is bound to this step",
+        };
+        assert!(said.contains(expected), "{language} {world}: {said}");
+        assert!(!said.contains("trap"), "{language} {world}: {said}");
     }
 }
 
@@ -174,6 +192,23 @@ fn bad_names_existing_directories_and_missing_tools_get_one_clear_line() {
         "{said}"
     );
     assert_eq!(said.trim().lines().count(), 1, "{said}");
+
+    ok(
+        &gantry(root.path(), &["plugin", "new", "js-gate", "--lang", "js"]),
+        "new",
+    );
+    let without_node = Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .current_dir(root.path().join("js-gate"))
+        .env("PATH", root.path())
+        .args(["plugin", "build"])
+        .output()
+        .expect("run gantry");
+    let said = String::from_utf8_lossy(&without_node.stderr);
+    assert!(
+        said.contains("npm is not installed: install Node.js 18 or later, with npm"),
+        "{said}"
+    );
+    assert_eq!(said.trim().lines().count(), 2, "{said}");
 
     let nothing = gantry(root.path(), &["plugin", "build"]);
     assert!(

@@ -17,7 +17,7 @@ mod runner;
 pub mod types;
 
 pub use component::{component_digest, read_component};
-pub use manifest::{Manifest, ManifestError, Origin};
+pub use manifest::{JsEngine, Manifest, ManifestError, Origin};
 pub use mask::Masker;
 pub use migration::{
     Backup, MigrationReport, MigrationRequest, MigrationStop, MigrationUnit, UnitAction, Upstream,

@@ -68,6 +68,30 @@ pub struct Build {
     pub language: Language,
     /// The world the component targets.
     pub world: crate::types::World,
+    /// The JavaScript engine (`js` only): QuickJS unless set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<JsEngine>,
+}
+
+/// The engine a JavaScript plugin is built with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JsEngine {
+    /// QuickJS (componentize-qjs): the default, small and quick to call.
+    Quickjs,
+    /// SpiderMonkey (componentize-js), for code that needs full
+    /// JavaScript compatibility: several times larger and slower to call.
+    Spidermonkey,
+}
+
+impl JsEngine {
+    /// The engine's name, as `sdk/js/build.mjs --engine` takes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JsEngine::Quickjs => "quickjs",
+            JsEngine::Spidermonkey => "spidermonkey",
+        }
+    }
 }
 
 /// A guest language with an SDK.
@@ -78,7 +102,8 @@ pub enum Language {
     Rust,
     /// `sdk/python`, built with componentize-py.
     Python,
-    /// `sdk/js`, built with componentize-js.
+    /// `sdk/js`, built with componentize-qjs (QuickJS) or componentize-js
+    /// (SpiderMonkey).
     Js,
 }
 
@@ -177,6 +202,12 @@ impl Manifest {
         }
         if self.limits.memory_mb == 0 {
             return Err("limits.memory_mb must be greater than 0".into());
+        }
+        if let Some(build) = self.build
+            && build.engine.is_some()
+            && build.language != Language::Js
+        {
+            return Err("build.engine applies to a js plugin only".into());
         }
         Ok(())
     }
@@ -286,9 +317,15 @@ mod tests {
             m.build,
             Some(Build {
                 language: Language::Python,
-                world: crate::types::World::Gate
+                world: crate::types::World::Gate,
+                engine: None,
             })
         );
+        let js = "[build]\nlanguage = \"js\"\nworld = \"gate\"\nengine = \"spidermonkey\"\n";
+        let m = Manifest::from_toml(js).expect("parses");
+        assert_eq!(m.build.and_then(|b| b.engine), Some(JsEngine::Spidermonkey));
+        let err = Manifest::from_toml(&js.replace("\"js\"", "\"rust\"")).expect_err("engine");
+        assert!(err.contains("build.engine"), "{err}");
         let err = Manifest::from_toml("[build]\nlanguage = \"cobol\"\nworld = \"gate\"\n")
             .expect_err("unknown language");
         assert!(err.contains("cobol") && err.contains("python"), "{err}");

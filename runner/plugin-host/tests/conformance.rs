@@ -1,6 +1,7 @@
 //! One conformance suite for the same gate in every guest language: the
-//! error-rate gate of `plugins/error-rate` (Rust) and
-//! `plugins/error-rate-py` (Python, componentize-py), against one fake
+//! error-rate gate of `plugins/error-rate` (Rust), `plugins/error-rate-py`
+//! (Python, componentize-py) and `plugins/error-rate-js` (JavaScript, on
+//! QuickJS and on SpiderMonkey), against one fake
 //! metrics endpoint. Each language must give the same answers, word for
 //! word, and get the same sandbox: secrets per environment, the origin
 //! allow-list, time and memory limits, logs, and a guest error that is an
@@ -286,4 +287,14 @@ async fn the_rust_gate_conforms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_gate_conforms() {
     conforms("error-rate-py").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_javascript_gate_conforms_on_quickjs() {
+    conforms("error-rate-js_quickjs").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_javascript_gate_conforms_on_spidermonkey() {
+    conforms("error-rate-js_spidermonkey").await;
 }

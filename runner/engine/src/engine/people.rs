@@ -3,6 +3,7 @@
 //! lost race it reads again.
 
 use std::future::Future;
+use std::time::Duration;
 
 use gantry_store::Checkpoint;
 use serde::{Deserialize, Serialize};
@@ -94,20 +95,32 @@ fn add_decision(
 }
 
 /// Runs `attempt` until it is not refused by a lost race, at most
-/// [`ATTEMPTS`] times.
+/// [`ATTEMPTS`] times, waiting a little longer (with jitter) after each
+/// lost race so that writers racing for one run come back apart.
 async fn retrying<T, F, Fut>(what: &str, mut attempt: F) -> Result<T, Refusal>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Option<T>, Refusal>>,
 {
-    for _ in 0..ATTEMPTS {
+    for lost in 0..ATTEMPTS as u32 {
         if let Some(done) = attempt().await? {
             return Ok(done);
         }
+        tokio::time::sleep(after_lost_race(lost)).await;
     }
     Err(Refusal::Unavailable(format!(
         "{what} kept changing; try again"
     )))
+}
+
+/// The pause after the `lost`-th lost race (from 0): 4 ms doubling to
+/// 256 ms, plus up to as much again picked from the clock.
+fn after_lost_race(lost: u32) -> Duration {
+    let base = 4u64 << lost.min(6);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()));
+    Duration::from_millis(base + nanos % (base + 1))
 }
 
 /// Commits a person's change, durably; `Ok(false)` when an item changed

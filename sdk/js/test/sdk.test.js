@@ -112,6 +112,9 @@ test('SQL values cross the WIT both ways', () => {
   assert.deepEqual(valueToWit(1.5), { tag: 'double', val: 1.5 });
   assert.deepEqual(valueToWit(undefined), { tag: 'null' });
   assert.throws(() => valueToWit({}), /cannot be Object/);
+  assert.deepEqual(valueToWit(3n, false), { tag: 'integer', val: 3 });
+  assert.deepEqual(valueToWit(-(2 ** 53) + 1, false), { tag: 'integer', val: -(2 ** 53) + 1 });
+  assert.throws(() => valueToWit(2n ** 53n + 1n, false), /9007199254740993 is beyond what QuickJS passes exactly/);
   assert.equal(valueFromWit({ tag: 'integer', val: 7n }), 7);
   assert.equal(valueFromWit({ tag: 'integer', val: 7 }), 7);
   assert.equal(valueFromWit({ tag: 'integer', val: 2n ** 62n }), 2n ** 62n);

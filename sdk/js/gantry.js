@@ -239,6 +239,13 @@ export class Outcome extends Observed {
   }
 }
 
+/** The first of `headers` (`[name, value]` pairs) called `name`, in any case, or `null`. */
+export function headerIn(headers, name) {
+  const wanted = name.toLowerCase();
+  const found = headers.find(([k]) => k.toLowerCase() === wanted);
+  return found ? found[1] : null;
+}
+
 /** An HTTP response. */
 export class Response {
   constructor(status, headers, body) {
@@ -249,9 +256,7 @@ export class Response {
 
   /** The first header called `name` (any case), or `null`. */
   header(name) {
-    const wanted = name.toLowerCase();
-    const found = this.headers.find(([k]) => k.toLowerCase() === wanted);
-    return found ? found[1] : null;
+    return headerIn(this.headers, name);
   }
 
   /** The body as UTF-8 text. */

@@ -20,7 +20,7 @@
 // and `host.call(up)`; `statements` records what a migration ran, and
 // `answerQuery` / `failStatement` set what the database answers.
 
-import { Artifact, Context, GantryError, HttpError, Verdict, setHost, utf8 } from './gantry.js';
+import { Artifact, Context, GantryError, HttpError, Verdict, headerIn, setHost, utf8 } from './gantry.js';
 
 function origin(url) {
   try {
@@ -42,9 +42,7 @@ export class SentRequest {
 
   /** The first header called `name` (any case), or `null`. */
   header(name) {
-    const wanted = name.toLowerCase();
-    const found = this.headers.find(([k]) => k.toLowerCase() === wanted);
-    return found ? found[1] : null;
+    return headerIn(this.headers, name);
   }
 }
 

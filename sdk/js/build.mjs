@@ -72,8 +72,11 @@ async function componentizer(engine, dir) {
   if (!name) throw new Error(`unknown engine \`${engine}\` (quickjs or spidermonkey)`);
   try {
     return (await import(name)).componentize;
-  } catch {
-    throw new Error(`${name} is not installed: run \`npm install\` in ${dir} (node >= 18)`);
+  } catch (error) {
+    if (error?.code === 'ERR_MODULE_NOT_FOUND' && error.message.includes(`'${name}'`)) {
+      throw new Error(`${name} is not installed: run \`npm install\` in ${dir} (node >= 18)`);
+    }
+    throw new Error(`${name} cannot be loaded: ${error?.message ?? error}`);
   }
 }
 

@@ -489,8 +489,12 @@ pub async fn evidence(server: ServerArgs, sha: String) -> anyhow::Result<ExitCod
                     )
                 })
                 .collect();
+            let answers = match e["polls"].as_u64() {
+                Some(n) if n > 1 => format!(" ({n} answers, the last shown)"),
+                _ => String::new(),
+            };
             say!(
-                "  {:<10} {:<16} {}{}",
+                "  {:<10} {:<16} {}{answers}{}",
                 e["kind"].as_str().unwrap_or("?"),
                 e["step"].as_str().unwrap_or("?"),
                 e["summary"].as_str().unwrap_or(""),

@@ -102,10 +102,16 @@ const BROKEN: &[(&str, &str, &str, &str)] = &[
         "environments.dev.steps[1].gate.retry_interval: a retry after 20m can never come within the gate's timeout of 10m",
     ),
     (
-        "a soak longer than the gate may take",
+        "a soak with nothing to watch it",
         "      - deploy:\n          http: http://127.0.0.1:7101/deploy\n",
-        "      - canary:\n          weights: [50, 100]\n          deploy: { http: http://127.0.0.1:7101/deploy }\n          gate: { plugin: health, timeout: 1m }\n          stable_for: 5m\n",
-        "environments.dev.steps[0].canary.stable_for: the gate is asked again after 5m, but it must pass within its timeout of 1m",
+        "      - canary:\n          weights: [50, 100]\n          deploy: { http: http://127.0.0.1:7101/deploy }\n          stable_for: 5m\n",
+        "environments.dev.steps[0].canary.stable_for: the canary has no `gate` to watch it with",
+    ),
+    (
+        "a soak that never looks",
+        "      - deploy:\n          http: http://127.0.0.1:7101/deploy\n",
+        "      - canary:\n          weights: [50, 100]\n          deploy: { http: http://127.0.0.1:7101/deploy }\n          gate: { plugin: health }\n          stable_for: 5m\n          interval: 0s\n",
+        "environments.dev.steps[0].canary.interval: must be longer than 0s",
     ),
     (
         "a name unfit for keys and URLs",

@@ -832,6 +832,10 @@ pub struct CanaryProgress {
     /// The gate at the current weight.
     #[serde(default)]
     pub gate: GateProgress,
+    /// While watching (`Stable`): when the weight has been healthy long
+    /// enough, Unix ms.
+    #[serde(default)]
+    pub stable_until_ms: Option<u64>,
 }
 
 /// Where a canary is within one weight.
@@ -843,7 +847,7 @@ pub enum CanaryPhase {
     Deploy,
     /// Ask the gate.
     Gate,
-    /// Ask the gate again after `stable_for`.
+    /// Watch: ask the gate every `interval` until `stable_for` has passed.
     Stable,
 }
 

@@ -773,16 +773,17 @@ impl Check {
         self.deploy(&format!("{field}.deploy"), &c.deploy);
         if let Some(g) = &c.gate {
             self.gate(&format!("{field}.gate"), g, plugins);
-            if !c.stable_for.0.is_zero() && c.stable_for.0 >= g.timeout.0 {
-                self.problem(
-                    format!("{field}.stable_for"),
-                    format!(
-                        "the gate is asked again after {}, but it must pass within its timeout of {}: raise gate.timeout",
-                        show(c.stable_for.0),
-                        show(g.timeout.0)
-                    ),
-                );
-            }
+        } else if !c.stable_for.0.is_zero() {
+            self.problem(
+                format!("{field}.stable_for"),
+                "the canary has no `gate` to watch it with during stable_for: add one",
+            );
+        }
+        if c.interval.0.is_zero() {
+            self.problem(
+                format!("{field}.interval"),
+                "must be longer than 0s: the gate is asked every interval during stable_for",
+            );
         }
     }
 

@@ -340,9 +340,13 @@ pub struct Canary {
     /// The gate after each weight.
     #[serde(default)]
     pub gate: Option<Gate>,
-    /// After the gate passes, wait this long and ask it again.
+    /// After the gate passes at a weight, keep watching this long: the gate
+    /// is asked every `interval`, and one failing look fails the weight.
     #[serde(default = "defaults::zero")]
     pub stable_for: Span,
+    /// How often the gate is asked during `stable_for`.
+    #[serde(default = "defaults::soak_interval")]
+    pub interval: Span,
 }
 
 /// A notifier subscription.
@@ -492,6 +496,9 @@ mod defaults {
     }
     pub fn approval_timeout() -> Span {
         Span(Duration::from_secs(86_400))
+    }
+    pub fn soak_interval() -> Span {
+        Span(Duration::from_secs(30))
     }
     pub fn zero() -> Span {
         Span(Duration::ZERO)

@@ -100,6 +100,30 @@ fn capped(verdict: Verdict, run: &str) -> Verdict {
     }
 }
 
+/// Which look at a gate an evaluation is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Look {
+    /// A gate step's.
+    Step,
+    /// A canary's at a weight, with nothing to watch after it passes.
+    Weight(u32),
+    /// A canary's first at a weight it then watches: a pass starts the
+    /// entry the watch's looks continue.
+    Soak(u32),
+    /// A canary's while it watches a weight: a pass adds to that weight's
+    /// one entry, and a fail is final (no retries).
+    Watch(u32),
+}
+
+impl Look {
+    fn weight(self) -> Option<u32> {
+        match self {
+            Look::Step => None,
+            Look::Weight(w) | Look::Soak(w) | Look::Watch(w) => Some(w),
+        }
+    }
+}
+
 /// Where a gate's progress lives in its step: a gate step's own, or the
 /// gate of a canary's current weight.
 pub(crate) type Progress = fn(&mut StepRun) -> &mut GateProgress;
@@ -117,7 +141,7 @@ impl Engine {
         name: &str,
         gate: &Gate,
     ) -> Result<Next, Error> {
-        match self.evaluate(cx, env, name, gate, None, own).await? {
+        match self.evaluate(cx, env, name, gate, Look::Step, own).await? {
             GateOutcome::Passed(summary) => self.pass_step(cx.run, &summary),
             GateOutcome::Failed(reason) => {
                 self.fail_step(cx, env, &format!("gate `{name}` failed: {reason}"))
@@ -130,17 +154,18 @@ impl Engine {
         }
     }
 
-    /// Evaluates `gate` (at a canary's `weight`, when given) once: the
-    /// plugin call as an effect, its answer as evidence, and the outcome.
+    /// Evaluates `gate` once, as `look`: the plugin call as an effect, its
+    /// answer as evidence, and the outcome.
     pub(super) async fn evaluate(
         &self,
         cx: &mut Cx<'_>,
         env: &Environment,
         name: &str,
         gate: &Gate,
-        weight: Option<u32>,
+        look: Look,
         progress: Progress,
     ) -> Result<GateOutcome, Error> {
+        let weight = look.weight();
         let now = self.now();
         let id = cx.run.id.clone();
         let st = step(cx.run)?;
@@ -148,15 +173,11 @@ impl Engine {
         // its number, so its idempotency key.
         let attempt = st.attempt + 1;
         let p = progress(st);
-        let deadline = *p
-            .deadline_ms
+        // Past the deadline the gate is still asked once: a wake the engine
+        // made late (a lost message, a backlog) is not the gate's failure.
+        // Its answer decides; a retry-after past the deadline fails.
+        p.deadline_ms
             .get_or_insert(now + gate.timeout.0.as_millis() as u64);
-        if now > deadline {
-            return Ok(GateOutcome::Failed(format!(
-                "did not pass within {:?}",
-                gate.timeout.0
-            )));
-        }
         let state = p.state.as_ref().and_then(|s| STANDARD.decode(s).ok());
         let mut with = with_list(&gate.with);
         if let Some(w) = weight {
@@ -189,15 +210,24 @@ impl Engine {
                 bounded::GATE_STATE
             )));
         }
-        self.record_verdict(cx, env, &label, &verdict, progress);
+        let collapse = matches!(look, Look::Soak(_) | Look::Watch(_));
+        self.record_verdict(cx, env, &label, &verdict, progress, collapse);
         let now = self.now();
         let st = step(cx.run)?;
         st.detail = Some(cap(&verdict.summary, bounded::LINE, "detail", &id));
+        if matches!(look, Look::Watch(_)) {
+            let strict = Gate {
+                retries: 0,
+                ..gate.clone()
+            };
+            return Ok(gate_outcome(progress(st), &verdict, &strict, &label, now));
+        }
         Ok(gate_outcome(progress(st), &verdict, gate, &label, now))
     }
 
     /// Records `verdict` in the ledger; consecutive retry-after answers
-    /// rewrite one entry that counts them.
+    /// (and, with `collapse_passes`, passes too: a canary's looks at one
+    /// weight) rewrite one entry that counts them.
     fn record_verdict(
         &self,
         cx: &mut Cx<'_>,
@@ -205,6 +235,7 @@ impl Engine {
         label: &str,
         verdict: &Verdict,
         progress: Progress,
+        collapse_passes: bool,
     ) {
         let decision = match &verdict.decision {
             Decision::Pass => "pass",
@@ -217,7 +248,11 @@ impl Engine {
             .iter()
             .map(|o| (o.name.clone(), o.value.clone()))
             .collect();
-        let polling = matches!(verdict.decision, Decision::RetryAfter { .. });
+        let polling = match verdict.decision {
+            Decision::RetryAfter { .. } => true,
+            Decision::Pass => collapse_passes,
+            Decision::Fail { .. } => false,
+        };
         let previous = step(cx.run).ok().and_then(|st| progress(st).poll.take());
         match (polling, previous) {
             (true, Some(mut poll)) => {

@@ -316,6 +316,18 @@ fn scripts(seed: u64) -> Vec<Lane> {
         .collect()
 }
 
+/// `key` with a canary gate's look number dropped: how many times a
+/// canary is looked at while it watches a weight depends on when its
+/// messages arrive, so only that it was looked at is compared.
+fn look_free(key: String) -> String {
+    match key.rsplit_once("/canary/") {
+        Some((run, slot)) if slot.bytes().all(|b| b.is_ascii_digit()) => {
+            format!("{run}/canary/looks")
+        }
+        _ => key,
+    }
+}
+
 /// What must come out the same with and without faults.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Outcome {
@@ -742,7 +754,7 @@ impl Sim {
             runs: BTreeMap::new(),
             environments: BTreeMap::new(),
             complete: BTreeSet::new(),
-            effects: self.outside.keys(),
+            effects: self.outside.keys().into_iter().map(look_free).collect(),
         };
         for run in &runs {
             let stages: Vec<String> = run

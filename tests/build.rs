@@ -126,7 +126,17 @@ fn build_python(root: &Path, out: &Path) {
                 String::from_utf8_lossy(&output.stderr)
             );
         }
+        declare_keys(&dir, &out.join(format!("{name}.wasm")));
     }
+}
+
+/// Writes the config keys of `dir`'s `plugin.toml` into the component at
+/// `wasm`, as `gantry plugin build` does.
+fn declare_keys(dir: &Path, wasm: &Path) {
+    let manifest = gantry_plugin_api::Manifest::from_file(&dir.join("plugin.toml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    gantry_plugin_api::config_keys::embed_file(wasm, &manifest.config)
+        .unwrap_or_else(|e| panic!("{}: {e}", wasm.display()));
 }
 
 /// Builds every JavaScript plugin of `plugins/` into `out`, once per
@@ -166,6 +176,7 @@ fn build_js(root: &Path, out: &Path) {
                     String::from_utf8_lossy(&output.stderr)
                 );
             }
+            declare_keys(&dir, &wasm);
         }
         let engine = build
             .get("engine")

@@ -117,3 +117,6 @@ impl Gate for ErrorRate {
 }
 
 gantry_sdk::export_gate!(ErrorRate);
+gantry_sdk::config_keys!(
+    r#"{"metrics_url": "url!", "max_error_rate": "number", "min_requests": "integer", "interval": "integer", "max_looks": "integer", "token_secret": "secret"}"#
+);

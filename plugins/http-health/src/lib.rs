@@ -23,3 +23,6 @@ impl Gate for HttpHealth {
 }
 
 gantry_sdk::export_gate!(HttpHealth);
+gantry_sdk::config_keys!(
+    r#"{"url": "url!", "expect_status": "integer", "max_latency_ms": "integer", "json_field": "text", "max": "number", "min": "number", "timeout_ms": "integer"}"#
+);

@@ -34,3 +34,4 @@ impl Notifier for LogNotify {
 }
 
 gantry_sdk::export_notifier!(LogNotify);
+gantry_sdk::config_keys!("{}");

@@ -137,3 +137,6 @@ impl Notifier for SlackNotify {
 }
 
 gantry_sdk::export_notifier!(SlackNotify);
+gantry_sdk::config_keys!(
+    r#"{"channel": "text", "webhook_url": "url", "api_url": "url", "token_secret": "secret"}"#
+);

@@ -66,3 +66,6 @@ impl Gate for Soak {
 }
 
 gantry_sdk::export_gate!(Soak);
+gantry_sdk::config_keys!(
+    r#"{"url": "url!", "expect_status": "integer", "max_latency_ms": "integer", "json_field": "text", "max": "number", "min": "number", "timeout_ms": "integer", "stable_for": "integer!", "interval": "integer"}"#
+);

@@ -170,6 +170,15 @@ impl WorldArg {
             WorldArg::Migration => "",
         }
     }
+
+    /// The template's `[config]` keys, key to kind.
+    fn config_keys(self) -> &'static str {
+        match self {
+            WorldArg::Gate => "url = \"url!\"\n",
+            WorldArg::Notifier => "webhook_url = \"url!\"\n",
+            WorldArg::Migration => "",
+        }
+    }
 }
 
 /// `gantry plugin new`.
@@ -202,6 +211,7 @@ pub fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
             .replace("{{world}}", world.name())
             .replace("{{language}}", language)
             .replace("{{run_args}}", world.run_args())
+            .replace("{{config_keys}}", world.config_keys())
     };
     let mut files: Vec<(String, String)> = vec![
         ("wit/plugin.wit".into(), WIT.to_string()),
@@ -354,6 +364,8 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         Language::Rust => build_rust(&dir, args.no_test)?,
         Language::Js => build_js(&dir, &name, build, args.no_test)?,
     };
+    gantry_plugin_api::config_keys::embed_file(&component, &manifest.config)
+        .map_err(anyhow::Error::msg)?;
     let bytes = std::fs::metadata(&component)
         .with_context(|| format!("the build made no {}", component.display()))?
         .len();

@@ -199,29 +199,66 @@ pub struct ValidateArgs {
     files: Vec<PathBuf>,
 }
 
-/// Checks pipeline files; prints every problem with its line and column.
+/// Checks pipeline files; prints every problem with its line and column,
+/// then warnings (what may fail on this machine), then what is wrong among
+/// the files together (a repository claimed twice).
 pub fn validate(args: ValidateArgs) -> ExitCode {
     let mut ok = true;
+    let mut loaded = Vec::new();
     for file in &args.files {
         match gantry_pipeline::load(file) {
-            Ok(p) => println!(
-                "{}: pipeline `{}` is valid ({} environments, {} plugins)",
-                file.display(),
-                p.name,
-                p.environments.len(),
-                p.plugins.len()
-            ),
+            Ok(p) => {
+                println!(
+                    "{}: pipeline `{}` is valid ({} environments, {} plugins)",
+                    file.display(),
+                    p.name,
+                    p.environments.len(),
+                    p.plugins.len()
+                );
+                for w in gantry_pipeline::warnings(file, &p) {
+                    eprintln!(
+                        "{}:{}:{}: warning: {}: {}",
+                        file.display(),
+                        w.line,
+                        w.column,
+                        w.field,
+                        w.message
+                    );
+                }
+                loaded.push((file.clone(), p));
+            }
             Err(e) => {
                 ok = false;
                 eprintln!("{e}");
             }
         }
     }
+    for problem in gantry_pipeline::check_together(&loaded) {
+        ok = false;
+        eprintln!("{problem}");
+    }
     if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     }
+}
+
+/// The declared secrets of `pipelines` that `secrets` has no value for,
+/// one line each naming the pipeline and the environment.
+fn missing_secrets(pipelines: &[Pipeline], secrets: &BTreeMap<String, String>) -> Vec<String> {
+    let mut missing = Vec::new();
+    for pipeline in pipelines {
+        for env in &pipeline.environments {
+            for name in env.secrets.iter().filter(|n| !secrets.contains_key(*n)) {
+                missing.push(format!(
+                    "pipeline `{}`, environment `{}`: secret `{name}` is declared but has no value (give it in --secrets-file or, with --secrets-env-prefix P, the variable P{name})",
+                    pipeline.name, env.name
+                ));
+            }
+        }
+    }
+    missing
 }
 
 fn nonempty_prefix(text: &str) -> Result<String, String> {
@@ -287,19 +324,46 @@ async fn open(
     listen: Option<SocketAddr>,
     advances_runs: bool,
 ) -> anyhow::Result<Result<Opened, ExitCode>> {
-    let mut pipelines = Vec::new();
+    let mut loaded = Vec::new();
     for file in &args.config {
         match gantry_pipeline::load(file) {
-            Ok(p) => pipelines.push(p),
+            Ok(p) => {
+                for w in gantry_pipeline::warnings(file, &p) {
+                    eprintln!(
+                        "{}:{}:{}: warning: {}: {}",
+                        file.display(),
+                        w.line,
+                        w.column,
+                        w.field,
+                        w.message
+                    );
+                }
+                loaded.push((file.clone(), p));
+            }
             Err(e) => {
                 eprintln!("{e}");
                 return Ok(Err(ExitCode::from(1)));
             }
         }
     }
+    let together = gantry_pipeline::check_together(&loaded);
+    if !together.is_empty() {
+        eprintln!("{}", together.join("\n"));
+        return Ok(Err(ExitCode::from(1)));
+    }
+    let pipelines: Vec<Pipeline> = loaded.into_iter().map(|(_, p)| p).collect();
     let receiver =
         ReceiverConfig::load(args.server_config.as_deref()).map_err(anyhow::Error::msg)?;
     let secrets = secrets(args)?;
+    // Deploys and plugins read them: a process that runs none needs none.
+    let missing = match advances_runs {
+        true => missing_secrets(&pipelines, &secrets),
+        false => Vec::new(),
+    };
+    if !missing.is_empty() {
+        eprintln!("{}", missing.join("\n"));
+        return Ok(Err(ExitCode::from(1)));
+    }
     let backend: Arc<dyn Backend> =
         crate::backend::open(&args.backend, &args.data_dir, !args.no_fsync).await?;
     let cache_dir = args

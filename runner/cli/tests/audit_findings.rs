@@ -69,6 +69,17 @@ async fn a_deploy_gets_only_declared_secrets_and_stored_text_masks_them() {
         .map(|(k, v)| (*k, v.to_string()))
         .collect();
     env.push(("GANTRY_SECRET_DEPLOY_KEY", DEPLOY_KEY.into()));
+    // The names the server also holds as its own are declared, so they need
+    // values of their own (the server refuses to start without); the
+    // deploy must get these, never the server's.
+    env.push((
+        "GANTRY_SECRET_GANTRY_SLACK_SIGNING_SECRET",
+        "declared-slack-73".into(),
+    ));
+    env.push((
+        "GANTRY_SECRET_AWS_SECRET_ACCESS_KEY",
+        "declared-aws-19".into(),
+    ));
     h.start(&env);
 
     let (status, submitted) = h.submit(push(GOOD, "alice")).await;

@@ -6,6 +6,8 @@ mod load;
 mod locate;
 mod model;
 mod shape;
+mod together;
 
-pub use load::{Error, Problem, limits, load, parse};
+pub use load::{Error, Problem, limits, load, parse, warnings};
 pub use model::*;
+pub use together::check_together;

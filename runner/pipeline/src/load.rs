@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use std::time::Duration;
 
+use gantry_plugin_api::config_keys::{ConfigKeys, KeyKind};
+
 use crate::locate::Locations;
 use crate::model::*;
 use crate::shape::too_deep;
@@ -71,6 +73,58 @@ pub fn load(path: &Path) -> Result<Pipeline, Error> {
     })
 }
 
+/// What may fail when a run gets there, though the file is valid: a deploy
+/// command not found on this process's `PATH` (the server's may differ, so
+/// these are warnings), in file order. `pipeline` is `path` loaded.
+pub fn warnings(path: &Path, pipeline: &Pipeline) -> Vec<Problem> {
+    let Ok(text) = read(path) else {
+        return Vec::new();
+    };
+    let mut check = Check {
+        at: Locations::index(&text),
+        problems: Vec::new(),
+        declared: BTreeMap::new(),
+    };
+    for env in &pipeline.environments {
+        for (i, step) in env.steps.iter().enumerate() {
+            let (field, deploy) = match &step.kind {
+                StepKind::Deploy(d) => ("deploy", d),
+                StepKind::Canary(c) => ("canary.deploy", &c.deploy),
+                _ => continue,
+            };
+            let Some(program) = deploy.command.as_ref().and_then(|argv| argv.first()) else {
+                continue;
+            };
+            if !runnable(program) {
+                check.problem(
+                    format!("environments.{}.steps[{i}].{field}.command", env.name),
+                    format!(
+                        "`{program}` is not an executable file{} here (the server's PATH may differ)",
+                        if program.contains('/') { "" } else { " on PATH" }
+                    ),
+                );
+            }
+        }
+    }
+    check.problems
+}
+
+/// Whether `program` names an executable file: a path as given, or a name
+/// found in a `PATH` directory.
+fn runnable(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |path: &Path| {
+        path.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        return executable(Path::new(program));
+    }
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| executable(&dir.join(program)))
+    })
+}
+
 /// The file's text, at most [`limits::FILE_BYTES`] of it.
 fn read(path: &Path) -> Result<String, String> {
     use std::io::Read;
@@ -107,6 +161,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Pipeline, Vec<Problem>> {
     let mut check = Check {
         at: Locations::index(text),
         problems: Vec::new(),
+        declared: BTreeMap::new(),
     };
     let pipeline = check.pipeline(file, base);
     if check.problems.is_empty() {
@@ -269,6 +324,8 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Ordered<T> {
 struct Check {
     at: Locations,
     problems: Vec<Problem>,
+    /// The config keys each plugin's component declares, by plugin name.
+    declared: BTreeMap<String, ConfigKeys>,
 }
 
 impl Check {
@@ -318,8 +375,17 @@ impl Check {
             let field = format!("plugins.{name}");
             self.name(&field, &name);
             let component = base.join(&decl.component);
-            let digest = match gantry_plugin_api::component_digest(&component) {
-                Ok(digest) => digest,
+            let digest = match gantry_plugin_api::read_component(&component) {
+                Ok(bytes) => {
+                    match gantry_plugin_api::config_keys::declared(&bytes) {
+                        Ok(Some(keys)) => {
+                            self.declared.insert(name.clone(), keys);
+                        }
+                        Ok(None) => {}
+                        Err(e) => self.problem(format!("{field}.component"), e),
+                    }
+                    gantry_plugin_api::digest_of(&bytes)
+                }
                 Err(e) => {
                     let why = if component.exists() {
                         e
@@ -332,6 +398,12 @@ impl Check {
             };
             if let Err(message) = decl.manifest.check() {
                 self.problem(format!("{field}.manifest"), message);
+            }
+            if !decl.manifest.config.is_empty() {
+                self.problem(
+                    format!("{field}.manifest.config"),
+                    "the keys a plugin accepts come from its component (its plugin.toml `[config]`, written in by `gantry plugin build`), not from the pipeline file",
+                );
             }
             plugins.insert(
                 name,
@@ -631,7 +703,7 @@ impl Check {
                 a.name.clone()
             }
             StepKind::Migrate(m) => {
-                self.plugin_ref(&format!("{field}.plugin"), &m.plugin, plugins);
+                self.plugin_use(&field, &m.plugin, &m.with, plugins);
                 self.migrate(&field, m, secrets, base);
                 m.name.clone()
             }
@@ -640,7 +712,7 @@ impl Check {
                 c.name.clone()
             }
             StepKind::Notify(n) => {
-                self.plugin_ref(&format!("{field}.plugin"), &n.plugin, plugins);
+                self.plugin_use(&field, &n.plugin, &n.with, plugins);
                 n.name.clone()
             }
         };
@@ -710,7 +782,7 @@ impl Check {
     }
 
     fn gate(&mut self, field: &str, g: &Gate, plugins: &BTreeMap<String, PluginDecl>) {
-        self.plugin_ref(&format!("{field}.plugin"), &g.plugin, plugins);
+        self.plugin_use(field, &g.plugin, &g.with, plugins);
         self.span(
             &format!("{field}.timeout"),
             g.timeout,
@@ -787,6 +859,87 @@ impl Check {
         }
     }
 
+    /// A step's use of plugin `name` with config `with`: the plugin is
+    /// declared, and when its component declares the keys it accepts, each
+    /// key is one of them, of its kind, required ones are set, and URLs are
+    /// inside the plugin's allowed origins (else the call is denied).
+    fn plugin_use(
+        &mut self,
+        field: &str,
+        name: &str,
+        with: &BTreeMap<String, ConfigValue>,
+        plugins: &BTreeMap<String, PluginDecl>,
+    ) {
+        self.plugin_ref(&format!("{field}.plugin"), name, plugins);
+        let (Some(decl), Some(keys)) = (plugins.get(name), self.declared.get(name).cloned()) else {
+            return;
+        };
+        for (key, ConfigValue(value)) in with {
+            let at = format!("{field}.with.{key}");
+            let Some(spec) = keys.get(key) else {
+                let accepted: Vec<&str> = keys.keys().map(String::as_str).collect();
+                let hint = closest(key, &accepted)
+                    .map(|k| format!("; did you mean `{k}`?"))
+                    .unwrap_or_default();
+                self.problem(
+                    at,
+                    format!(
+                        "plugin `{name}` accepts no key `{key}` (it accepts: {}){hint}",
+                        if accepted.is_empty() {
+                            "none".to_string()
+                        } else {
+                            accepted.join(", ")
+                        }
+                    ),
+                );
+                continue;
+            };
+            if !spec.kind.accepts(value) {
+                self.problem(at, format!("`{value}` is not a {}", spec.kind));
+            } else if spec.kind == KeyKind::Url {
+                self.allowed_url(&at, name, value, &decl.manifest);
+            }
+        }
+        for (key, spec) in &keys {
+            if spec.required && !with.contains_key(key) {
+                self.problem(
+                    format!("{field}.with"),
+                    format!("plugin `{name}` needs config key `{key}` (a {})", spec.kind),
+                );
+            }
+        }
+    }
+
+    /// `value` (a URL plugin `name` fetches) is inside the manifest's
+    /// allowed origins.
+    fn allowed_url(
+        &mut self,
+        field: &str,
+        name: &str,
+        value: &str,
+        manifest: &gantry_plugin_api::Manifest,
+    ) {
+        let origin = url::Url::parse(value)
+            .map_err(|e| e.to_string())
+            .and_then(|u| gantry_plugin_api::Origin::of(&u));
+        let Ok(origin) = origin else {
+            return;
+        };
+        if !manifest.allowed_origins().contains(&origin) {
+            let allowed = if manifest.http.allow.is_empty() {
+                "none".to_string()
+            } else {
+                manifest.http.allow.join(", ")
+            };
+            self.problem(
+                field,
+                format!(
+                    "{value} is outside plugin `{name}`'s allowed origins ({allowed}): the host would deny the call; add its origin to plugins.{name}.manifest.http.allow"
+                ),
+            );
+        }
+    }
+
     fn plugin_ref(&mut self, field: &str, name: &str, plugins: &BTreeMap<String, PluginDecl>) {
         if !plugins.contains_key(name) {
             let declared: Vec<&str> = plugins.keys().map(String::as_str).collect();
@@ -836,6 +989,35 @@ impl Check {
             }
         }
     }
+}
+
+/// The one of `candidates` that `key` is most likely a misspelling of: at
+/// most two edits away.
+fn closest<'a>(key: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (edits(key, c), *c))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, c)| c)
+}
+
+/// The Levenshtein distance between `a` and `b`.
+fn edits(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (diagonal + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            diagonal = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
 }
 
 /// A duration as people write it in the file.

@@ -50,7 +50,12 @@ pub fn read_component(path: &Path) -> Result<Vec<u8>, String> {
 /// The sha256 of the component at `path`, as hex: how a pipeline pins a
 /// plugin. Errors as [`read_component`].
 pub fn component_digest(path: &Path) -> Result<String, String> {
-    read_component(path).map(|bytes| hex::encode(sha2::Sha256::digest(&bytes)))
+    read_component(path).map(|bytes| digest_of(&bytes))
+}
+
+/// The sha256 of a component's bytes, as hex (see [`component_digest`]).
+pub fn digest_of(bytes: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 #[cfg(test)]

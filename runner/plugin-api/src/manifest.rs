@@ -15,6 +15,9 @@
 //! [build]               # how the plugin's project is built; the host ignores it
 //! language = "python"   # rust, python or js
 //! world = "gate"        # gate, notifier or migration
+//!
+//! [config]              # the `with:` keys it accepts, written into the
+//! url = "url!"          # component by `gantry plugin build`
 //! ```
 
 use std::collections::BTreeMap;
@@ -58,6 +61,11 @@ pub struct Manifest {
     /// does not read it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build: Option<Build>,
+    /// The config keys a Python or JavaScript plugin accepts, key to kind
+    /// (see [`crate::config_keys`]): `gantry plugin build` writes them into
+    /// the component, where `gantry validate` reads them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, String>,
 }
 
 /// How a plugin project is built.
@@ -202,6 +210,9 @@ impl Manifest {
         }
         if self.limits.memory_mb == 0 {
             return Err("limits.memory_mb must be greater than 0".into());
+        }
+        for (key, kind) in &self.config {
+            crate::config_keys::KeySpec::parse(kind).map_err(|e| format!("config.{key}: {e}"))?;
         }
         if let Some(build) = self.build
             && build.engine.is_some()

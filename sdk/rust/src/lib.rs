@@ -30,6 +30,36 @@
 #[doc(hidden)]
 pub mod bindings;
 
+/// Declares the config keys the plugin accepts in a step's `with:`, so
+/// `gantry validate` can refuse a misspelt key, a missing required one, a
+/// value of the wrong kind, or a URL outside the plugin's allowed origins.
+/// The argument is a JSON object from key to kind (`text`, `url`, `number`,
+/// `integer`, `bool`, `secret`; a trailing `!` makes the key required),
+/// written into the component's `gantry:config` custom section:
+///
+/// ```ignore
+/// gantry_sdk::config_keys!(r#"{"url": "url!", "max_latency_ms": "integer"}"#);
+/// ```
+///
+/// A plugin that declares nothing accepts any key.
+#[macro_export]
+macro_rules! config_keys {
+    ($json:literal) => {
+        #[used]
+        #[unsafe(link_section = "gantry:config")]
+        static GANTRY_CONFIG_KEYS: [u8; $json.len()] = {
+            let text: &[u8] = $json.as_bytes();
+            let mut bytes = [0u8; $json.len()];
+            let mut i = 0;
+            while i < bytes.len() {
+                bytes[i] = text[i];
+                i += 1;
+            }
+            bytes
+        };
+    };
+}
+
 pub mod clock;
 pub mod gate;
 pub mod http;

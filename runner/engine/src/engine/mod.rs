@@ -315,7 +315,7 @@ impl Engine {
     fn pipeline_for(&self, repository: &str) -> Option<Arc<Pipeline>> {
         self.pipelines
             .iter()
-            .find(|p| p.repository == repository)
+            .find(|p| p.repository.eq_ignore_ascii_case(repository))
             .cloned()
     }
 }

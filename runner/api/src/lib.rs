@@ -114,6 +114,7 @@ pub fn app(engine: Arc<Engine>, access: Arc<Access>) -> Router {
         .route("/api/runs", get(runs))
         .route("/api/runs/{id}", get(run))
         .route("/api/runs/{id}/decisions", post(decide))
+        .route("/api/runs/{id}/cancel", post(cancel))
         .route("/api/runs/{id}/backup", get(backup))
         .route("/api/runs/{id}/restore", post(restore))
         .route("/api/evidence/{sha}", get(evidence))
@@ -298,6 +299,45 @@ async fn decide(
         .await
         .map_err(|e| refused(e.into()))?;
     Ok(audited(Json(json!(outcome)), note))
+}
+
+/// A cancel request's body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelBody {
+    reason: String,
+}
+
+/// Cancels a run, as the caller, if its role covers the run's environment.
+async fn cancel(
+    State(AppState { engine, .. }): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, Response> {
+    let body: CancelBody = serde_json::from_slice(&body)
+        .map_err(|e| AppError(StatusCode::BAD_REQUEST, format!("body: {e}")).into_response())?;
+    let environment = engine
+        .run(&id)
+        .await
+        .map_err(|e| unavailable(e).into_response())?
+        .and_then(|run| run.stage().map(|s| s.environment.clone()));
+    let note = Audited {
+        action: "cancel".into(),
+        run: Some(id.clone()),
+        environment: environment.clone(),
+    };
+    let refused = |e: AppError| audited(e, note.clone());
+    caller
+        .allows(&Action::Cancel {
+            environment: environment.as_deref(),
+        })
+        .map_err(|why| refused(forbidden(why)))?;
+    let cancelling = engine
+        .cancel(&id, &caller.user, &body.reason)
+        .await
+        .map_err(|e| refused(e.into()))?;
+    Ok(audited(Json(json!(cancelling)), note))
 }
 
 /// The environment a backup or a restore is for.

@@ -76,6 +76,11 @@ pub enum Action<'a> {
     Redrive,
     /// Issues, lists or revokes tokens; reads the audit log.
     Administer,
+    /// Cancels a run in an environment.
+    Cancel {
+        /// The environment, as for [`Action::Decide`].
+        environment: Option<&'a str>,
+    },
     /// Restores an environment's database from a run's backup.
     Restore {
         /// The environment, as for [`Action::Decide`].
@@ -89,7 +94,9 @@ impl Action<'_> {
         match self {
             Action::Read => Role::Viewer,
             Action::Decide { .. } => Role::Approver,
-            Action::Release { .. } | Action::Submit | Action::Redrive => Role::Operator,
+            Action::Release { .. } | Action::Cancel { .. } | Action::Submit | Action::Redrive => {
+                Role::Operator
+            }
             Action::Administer | Action::Restore { .. } => Role::Admin,
         }
     }
@@ -99,6 +106,7 @@ impl Action<'_> {
         match self {
             Action::Decide { environment }
             | Action::Release { environment }
+            | Action::Cancel { environment }
             | Action::Restore { environment } => *environment,
             _ => None,
         }
@@ -113,6 +121,9 @@ impl Action<'_> {
             }
             Action::Release { environment } => {
                 format!("release {}", environment.unwrap_or("an environment"))
+            }
+            Action::Cancel { environment } => {
+                format!("cancel runs in {}", environment.unwrap_or("an environment"))
             }
             Action::Submit => "submit events".into(),
             Action::Redrive => "re-drive dead letters".into(),

@@ -509,6 +509,31 @@ pub async fn evidence(server: ServerArgs, sha: String) -> anyhow::Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
+/// `gantry cancel`.
+pub async fn cancel(server: ServerArgs, run: String, reason: String) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&server);
+    let answer = client
+        .post(
+            &format!("/api/runs/{run}/cancel"),
+            json!({"reason": reason}),
+        )
+        .await?;
+    if server.json {
+        print_json(&answer);
+    } else if answer["at_once"].as_bool() == Some(true) {
+        say!(
+            "run {run} is cancelled: it was waiting in {}",
+            answer["environment"].as_str().unwrap_or("?")
+        );
+    } else {
+        say!(
+            "run {run} stops once its step under way in {} has finished (`gantry runs show {run}`)",
+            answer["environment"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `gantry release`.
 pub async fn release(
     server: ServerArgs,

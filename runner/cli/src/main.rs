@@ -87,6 +87,17 @@ enum Command {
         #[arg(long)]
         pipeline: Option<String>,
     },
+    /// Stop a run: a waiting one at once, a running one once the step under
+    /// way has finished and been recorded. Nothing is rolled back.
+    Cancel {
+        #[command(flatten)]
+        server: client::ServerArgs,
+        /// The run.
+        run: String,
+        /// Why (recorded with your name as evidence and in the audit log).
+        #[arg(long)]
+        reason: String,
+    },
     /// Dead-lettered messages.
     Dlq {
         #[command(flatten)]
@@ -163,6 +174,11 @@ fn main() -> std::process::ExitCode {
                 environment,
                 pipeline,
             } => client::release(server, environment, pipeline).await,
+            Command::Cancel {
+                server,
+                run,
+                reason,
+            } => client::cancel(server, run, reason).await,
             Command::Dlq { server, command } => client::dlq(server, command).await,
             Command::Token { server, command } => client::token(server, command).await,
             Command::Audit { server, args } => client::audit(server, args).await,

@@ -210,6 +210,12 @@ async fn every_route_answers_every_caller_as_its_role_allows() {
         ),
         (
             Method::POST,
+            format!("/api/runs/{dev_run}/cancel"),
+            Some(json!({"reason": "matrix"})),
+            from(Operator, 409),
+        ),
+        (
+            Method::POST,
             "/api/dlq/no-such-letter/retry".into(),
             None,
             from(Operator, 404),

@@ -344,6 +344,8 @@ pub enum RunStatus {
     RolledBack,
     /// A newer artifact replaced it while it waited.
     Superseded,
+    /// A person cancelled it (see [`Run::cancel`]).
+    Cancelled,
     /// Its message was dead-lettered: a person must look (see
     /// [`Run::attention`]) and retry it (`gantry dlq retry`).
     NeedsAttention,
@@ -367,18 +369,20 @@ impl RunStatus {
             RunStatus::Failed => "failed",
             RunStatus::RolledBack => "rolled_back",
             RunStatus::Superseded => "superseded",
+            RunStatus::Cancelled => "cancelled",
             RunStatus::NeedsAttention => "needs_attention",
         }
     }
 
     /// Every status, for metrics.
-    pub const ALL: [RunStatus; 7] = [
+    pub const ALL: [RunStatus; 8] = [
         RunStatus::Running,
         RunStatus::Waiting,
         RunStatus::Succeeded,
         RunStatus::Failed,
         RunStatus::RolledBack,
         RunStatus::Superseded,
+        RunStatus::Cancelled,
         RunStatus::NeedsAttention,
     ];
 }
@@ -442,6 +446,26 @@ pub struct Run {
     pub updated_ms: u64,
     /// Ended, Unix ms.
     pub finished_ms: Option<u64>,
+    /// A person asked to stop it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel: Option<CancelRequest>,
+}
+
+/// A person's request to stop a run, honoured at its next safe point.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelRequest {
+    /// Who asked.
+    pub by: String,
+    /// Why.
+    pub reason: String,
+    /// When, Unix ms.
+    pub at_ms: u64,
+    /// When the run was running at the request: the run item's version the
+    /// request wrote. The step under way then (an effect perhaps in flight)
+    /// finishes and is recorded first, so the run stops only once a later
+    /// version is read.
+    #[serde(default)]
+    pub after_version: Option<u64>,
 }
 
 impl Run {
@@ -617,6 +641,8 @@ pub enum StageStatus {
     Skipped,
     /// Replaced by a newer artifact.
     Superseded,
+    /// Stopped by a person.
+    Cancelled,
 }
 
 /// One environment of a run.

@@ -200,9 +200,9 @@ impl Engine {
             let run_write = run_write(run, version, due_at);
             let ack = (!chain).then(|| received.receipt.clone());
             let leased = tx.effects > 0 && !self.caps.single_process;
+            let checkpoint = tx.take(Some(run_write), ack, false);
             if let Err(e) = self
-                .backend
-                .checkpoint(tx.take(Some(run_write), ack, false))
+                .commit_adopting_cancel(run, &mut version, due_at, checkpoint)
                 .await
             {
                 if leased {
@@ -210,7 +210,7 @@ impl Engine {
                     // go on at once rather than wait out this lease.
                     self.drop_lease(&run.id).await;
                 }
-                return Err(e.into());
+                return Err(e);
             }
             drop(tx);
             version += 1;

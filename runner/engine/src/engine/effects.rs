@@ -117,9 +117,10 @@ impl Engine {
     pub(super) async fn save_so_far(&self, cx: &mut Cx<'_>, what: &str) -> Result<(), Error> {
         cx.run.updated_ms = self.now();
         cx.tx.count(&cx.run.id, *cx.written, cx.run.status);
-        let write = run_write(cx.run, *cx.version, self.due_at(cx.run));
-        self.backend
-            .checkpoint(cx.tx.take(Some(write), None, false))
+        let due_at = self.due_at(cx.run);
+        let write = run_write(cx.run, *cx.version, due_at);
+        let checkpoint = cx.tx.take(Some(write), None, false);
+        self.commit_adopting_cancel(cx.run, cx.version, due_at, checkpoint)
             .await?;
         *cx.version += 1;
         *cx.written = cx.run.status;

@@ -262,6 +262,7 @@ impl Engine {
             created_ms: now,
             updated_ms: now,
             finished_ms: None,
+            cancel: None,
         }
     }
 

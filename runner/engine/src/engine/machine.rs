@@ -62,6 +62,9 @@ impl Engine {
         let env = def.environment(&name).ok_or_else(|| {
             Error::Terminal(format!("environment `{name}` is not in the run's pipeline"))
         })?;
+        if let Some(request) = self.cancel_due(cx) {
+            return Ok(("cancel", self.conclude_cancel(cx, env, &request).await?));
+        }
         match stage(cx.run)?.status {
             StageStatus::Pending => Ok(("enter", self.enter(cx, env).await?)),
             StageStatus::Queued => Ok(("lock", self.acquire(cx, env).await?)),

@@ -15,6 +15,7 @@
 //! | `ledger` | the evidence ledger |
 //! | `outbox` | notifications and deployment reports, delivered in order |
 //! | `people` | approve, reject, release |
+//! | `cancel` | a person's cancel request, honoured at the run's next safe point (adopted by a transition it raced) |
 //! | `restore` | a database put back as a run's backup holds it (`gantry db restore`) |
 //! | `reviews` | GitHub deployment protection rules |
 //! | `sweeper` | what recovers a lost message: due runs and reviews, free environments with waiters |
@@ -24,6 +25,7 @@
 mod advance;
 mod approval;
 mod canary;
+mod cancel;
 mod checkpoint;
 mod deadletter;
 mod dispatch;
@@ -59,6 +61,7 @@ use crate::metrics::Metrics;
 use crate::model::pipeline_key;
 use crate::report::DeploymentReporter;
 
+pub use cancel::Cancelling;
 pub use deadletter::QueueDeadLetter;
 pub use intake::{Submitted, run_id_for};
 pub use people::{Decided, Released};

@@ -97,7 +97,7 @@ fn add_decision(
 /// Runs `attempt` until it is not refused by a lost race, at most
 /// [`ATTEMPTS`] times, waiting a little longer (with jitter) after each
 /// lost race so that writers racing for one run come back apart.
-async fn retrying<T, F, Fut>(what: &str, mut attempt: F) -> Result<T, Refusal>
+pub(super) async fn retrying<T, F, Fut>(what: &str, mut attempt: F) -> Result<T, Refusal>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Option<T>, Refusal>>,
@@ -125,7 +125,7 @@ fn after_lost_race(lost: u32) -> Duration {
 
 /// Commits a person's change, durably; `Ok(false)` when an item changed
 /// since it was read.
-async fn commit(engine: &Engine, checkpoint: Checkpoint) -> Result<bool, Refusal> {
+pub(super) async fn commit(engine: &Engine, checkpoint: Checkpoint) -> Result<bool, Refusal> {
     match engine.backend.checkpoint(checkpoint).await {
         Ok(()) => Ok(true),
         Err(gantry_store::Error::Conflict { .. }) => Ok(false),

@@ -522,7 +522,7 @@ pub async fn cancel(server: ServerArgs, run: String, reason: String) -> anyhow::
         print_json(&answer);
     } else if answer["at_once"].as_bool() == Some(true) {
         say!(
-            "run {run} is cancelled: it was waiting in {}",
+            "run {run} stops now (it was waiting in {})",
             answer["environment"].as_str().unwrap_or("?")
         );
     } else {

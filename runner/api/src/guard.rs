@@ -48,7 +48,9 @@ pub fn action_of(method: &Method, route: &str) -> Option<Action<'static>> {
         ("GET", "/metrics" | "/api/runs" | "/api/runs/{id}" | "/api/evidence/{sha}") => {
             Action::Read
         }
-        ("GET", "/api/environments" | "/api/dlq") => Action::Read,
+        ("GET", "/api/environments" | "/api/environments/{env}/history" | "/api/dlq") => {
+            Action::Read
+        }
         ("POST", "/api/events") => Action::Submit,
         ("POST", "/api/runs/{id}/decisions") => Action::Decide { environment: None },
         ("POST", "/api/environments/{env}/release") => Action::Release { environment: None },

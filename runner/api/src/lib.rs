@@ -120,6 +120,7 @@ pub fn app(engine: Arc<Engine>, access: Arc<Access>) -> Router {
         .route("/api/evidence/{sha}", get(evidence))
         .route("/api/environments", get(environments))
         .route("/api/environments/{env}/release", post(release))
+        .route("/api/environments/{env}/history", get(history))
         .route("/api/dlq", get(dlq))
         .route("/api/dlq/{id}/retry", post(dlq_retry))
         .route("/api/queue/redrive", post(queue_redrive))
@@ -207,14 +208,45 @@ async fn submit(
     Ok(audited((status, Json(json!(submitted))), note))
 }
 
+/// A page of runs and what to keep of them.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunsQuery {
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    after: Option<String>,
+    #[serde(default)]
+    pipeline: Option<String>,
+    #[serde(default)]
+    environment: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    sha: Option<String>,
+    /// Created at or after, Unix ms.
+    #[serde(default)]
+    since_ms: Option<u64>,
+}
+
 async fn runs(
     State(AppState { engine, .. }): State<AppState>,
-    Query(page): Query<PageQuery>,
+    Query(query): Query<RunsQuery>,
 ) -> Result<Json<Value>, AppError> {
-    let runs = engine
-        .runs(page.limit.unwrap_or(50), page.after)
-        .await
-        .map_err(unavailable)?;
+    let filter = gantry_engine::RunFilter {
+        pipeline: query.pipeline,
+        environment: query.environment,
+        status: query.status,
+        sha: query.sha,
+        since_ms: query.since_ms,
+    };
+    let limit = query.limit.unwrap_or(50);
+    let runs = if filter.is_empty() {
+        engine.runs(limit, query.after).await
+    } else {
+        engine.find_runs(&filter, limit, query.after).await
+    }
+    .map_err(unavailable)?;
     Ok(Json(json!(runs)))
 }
 
@@ -410,6 +442,30 @@ async fn environments(
     Ok(Json(engine.environments().await.map_err(unavailable)?))
 }
 
+/// Which environment's history, and how much of it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    #[serde(default)]
+    pipeline: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// What changed in an environment, newest first.
+async fn history(
+    State(AppState { engine, .. }): State<AppState>,
+    Path(env): Path<String>,
+    Query(query): Query<HistoryQuery>,
+) -> Result<Json<Value>, AppError> {
+    let (pipeline, changes) = engine
+        .history(query.pipeline.as_deref(), &env, query.limit.unwrap_or(50))
+        .await?;
+    Ok(Json(
+        json!({"pipeline": pipeline, "environment": env, "changes": changes}),
+    ))
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct ReleaseBody {
@@ -440,7 +496,7 @@ async fn release(
         })
         .map_err(|why| audited(forbidden(why), note.clone()))?;
     let released = engine
-        .release(body.pipeline.as_deref(), &env)
+        .release(body.pipeline.as_deref(), &env, &caller.user)
         .await
         .map_err(|e| audited(AppError::from(e), note.clone()))?;
     Ok(audited(Json(json!(released)), note))

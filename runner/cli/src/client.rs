@@ -95,11 +95,32 @@ pub enum RunsCommand {
         /// Start after this cursor (printed at the end of a full page).
         #[arg(long)]
         after: Option<String>,
+        /// Only this pipeline's runs.
+        #[arg(long)]
+        pipeline: Option<String>,
+        /// Only runs that entered this environment.
+        #[arg(long = "env")]
+        environment: Option<String>,
+        /// Only runs with this status (running, waiting, succeeded, failed,
+        /// rolled_back, superseded, cancelled, needs_attention).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only runs of a commit starting with this.
+        #[arg(long)]
+        sha: Option<String>,
+        /// Only runs created since: a duration back (`24h`, `7d`) or an RFC
+        /// 3339 time.
+        #[arg(long)]
+        since: Option<String>,
     },
     /// One run's timeline.
     Show {
         /// The run id.
         id: String,
+        /// Follow it until it ends, printing the timeline as it changes
+        /// (exits 0 when it succeeded, 1 otherwise).
+        #[arg(long)]
+        watch: bool,
     },
 }
 
@@ -286,40 +307,38 @@ pub async fn submit(server: ServerArgs, command: SubmitCommand) -> anyhow::Resul
 pub async fn runs(server: ServerArgs, command: RunsCommand) -> anyhow::Result<ExitCode> {
     let client = Client::new(&server);
     match command {
-        RunsCommand::List { limit, after } => {
+        RunsCommand::List {
+            limit,
+            after,
+            pipeline,
+            environment,
+            status,
+            sha,
+            since,
+        } => {
             let mut path = format!("/api/runs?limit={limit}");
-            if let Some(after) = &after {
-                path.push_str(&format!("&after={}", url_escape(after)));
+            let since_ms = since.as_deref().map(since_ms).transpose()?;
+            let params = [
+                ("after", after),
+                ("pipeline", pipeline),
+                ("environment", environment),
+                ("status", status),
+                ("sha", sha),
+                ("since_ms", since_ms.map(|ms| ms.to_string())),
+            ];
+            for (name, value) in params {
+                if let Some(value) = value {
+                    path.push_str(&format!("&{name}={}", url_escape(&value)));
+                }
             }
             let page = client.get(&path).await?;
             if server.json {
                 print_json(&page);
                 return Ok(ExitCode::SUCCESS);
             }
-            let list = page["runs"].as_array().cloned().unwrap_or_default();
-            if list.is_empty() {
-                say!("no runs");
-            }
-            for run in list {
-                let stage = run["stages"]
-                    .get(run["current"].as_u64().unwrap_or(0) as usize)
-                    .and_then(|s| s["environment"].as_str())
-                    .unwrap_or("-")
-                    .to_string();
-                say!(
-                    "{:<13} {:<12} {:<9} {:<12} {}",
-                    run["id"].as_str().unwrap_or("?"),
-                    run["status"].as_str().unwrap_or("?"),
-                    short(run["artifact"]["commit_sha"].as_str().unwrap_or("")),
-                    stage,
-                    run["reason"].as_str().unwrap_or(""),
-                );
-            }
-            if let Some(next) = page["next"].as_str() {
-                say!("more: gantry runs list --after {next}");
-            }
+            list_runs(&page);
         }
-        RunsCommand::Show { id } => {
+        RunsCommand::Show { id, watch: false } => {
             let run = client.get(&format!("/api/runs/{id}")).await?;
             if server.json {
                 print_json(&run);
@@ -327,8 +346,83 @@ pub async fn runs(server: ServerArgs, command: RunsCommand) -> anyhow::Result<Ex
                 print!("{}", crate::terminal_safe(&timeline(&run)));
             }
         }
+        RunsCommand::Show { id, watch: true } => return watch_run(&client, &server, &id).await,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a page of runs: created (absolute and relative), pipeline, id,
+/// status, commit, environment, reason.
+fn list_runs(page: &Value) {
+    let list = page["runs"].as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        say!("no runs");
+    }
+    for run in list {
+        let stage = run["stages"]
+            .get(run["current"].as_u64().unwrap_or(0) as usize)
+            .and_then(|s| s["environment"].as_str())
+            .unwrap_or("-")
+            .to_string();
+        say!(
+            "{:<34} {:<10} {:<13} {:<15} {:<7} {:<11} {}",
+            run["created_ms"]
+                .as_u64()
+                .map_or("-".into(), crate::envs::shown),
+            run["pipeline"].as_str().unwrap_or("?"),
+            run["id"].as_str().unwrap_or("?"),
+            run["status"].as_str().unwrap_or("?"),
+            short(run["artifact"]["commit_sha"].as_str().unwrap_or("")),
+            stage,
+            run["reason"].as_str().unwrap_or(""),
+        );
+    }
+    if let Some(next) = page["next"].as_str() {
+        say!("more: gantry runs list --after {next} (with the same filters)");
+    }
+}
+
+/// `--since`: a duration back from now (`24h`) or an RFC 3339 time, as
+/// Unix ms.
+fn since_ms(text: &str) -> anyhow::Result<u64> {
+    if let Some(span) = gantry_pipeline::Span::parse(text) {
+        let now = gantry_store::now_ms();
+        return Ok(now.saturating_sub(span.0.as_millis() as u64));
+    }
+    chrono::DateTime::parse_from_rfc3339(text)
+        .ok()
+        .and_then(|t| u64::try_from(t.timestamp_millis()).ok())
+        .ok_or_else(|| {
+            anyhow!("--since `{text}`: expected a duration back (24h, 7d) or an RFC 3339 time (2026-12-01T09:00:00Z)")
+        })
+}
+
+/// `gantry runs show RUN --watch`: the timeline again whenever the run
+/// changes, until it ends.
+async fn watch_run(client: &Client, server: &ServerArgs, id: &str) -> anyhow::Result<ExitCode> {
+    let mut last = Value::Null;
+    loop {
+        let run = client.get(&format!("/api/runs/{id}")).await?;
+        if run["updated_ms"] != last["updated_ms"] || run["status"] != last["status"] {
+            if server.json {
+                say!("{}", serde_json::to_string(&run).unwrap_or_default());
+            } else {
+                say!("-- {}", crate::envs::shown(gantry_store::now_ms()));
+                print!("{}", crate::terminal_safe(&timeline(&run)));
+            }
+        }
+        let status = run["status"].as_str().unwrap_or("").to_string();
+        let over = !matches!(status.as_str(), "running" | "waiting" | "needs_attention");
+        if over && run["outbox"].as_array().is_none_or(Vec::is_empty) {
+            return Ok(if status == "succeeded" {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
+        }
+        last = run;
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
 }
 
 fn short(sha: &str) -> &str {

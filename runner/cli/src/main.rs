@@ -4,6 +4,7 @@ mod backend;
 #[macro_use]
 mod client;
 mod db;
+mod envs;
 mod plugin;
 mod project;
 mod serve;
@@ -76,6 +77,17 @@ enum Command {
         server: client::ServerArgs,
         /// The commit (at least 7 hex digits).
         sha: String,
+    },
+    /// What runs where: each environment's artifact now and before, its
+    /// hold, the run deploying and the runs waiting; `envs history ENV`.
+    Envs {
+        #[command(flatten)]
+        server: client::ServerArgs,
+        /// Only this pipeline's environments.
+        #[arg(long, global = true)]
+        pipeline: Option<String>,
+        #[command(subcommand)]
+        command: Option<envs::EnvsCommand>,
     },
     /// Clear the hold a rollback left on an environment.
     Release {
@@ -174,6 +186,11 @@ fn main() -> std::process::ExitCode {
                 environment,
                 pipeline,
             } => client::release(server, environment, pipeline).await,
+            Command::Envs {
+                server,
+                pipeline,
+                command,
+            } => envs::envs(server, pipeline, command).await,
             Command::Cancel {
                 server,
                 run,

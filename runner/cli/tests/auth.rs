@@ -186,6 +186,12 @@ async fn every_route_answers_every_caller_as_its_role_allows() {
             read(200),
         ),
         (Method::GET, "/api/environments".into(), None, read(200)),
+        (
+            Method::GET,
+            "/api/environments/production/history".into(),
+            None,
+            read(200),
+        ),
         (Method::GET, "/api/dlq".into(), None, read(200)),
         (Method::GET, "/metrics".into(), None, read(200)),
         (

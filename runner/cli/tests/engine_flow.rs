@@ -139,6 +139,140 @@ async fn promotes_through_approval_then_rolls_back_a_faulty_artifact_and_holds()
         .api(Method::POST, "/api/environments/production/release", None)
         .await;
     assert_eq!(status, 409, "releasing twice");
+
+    // What runs where, and how it got there.
+    let envs = cli_json(&h, &["envs"]);
+    let production = envs["environments"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["environment"] == "production"))
+        .expect("production")
+        .clone();
+    assert_eq!(production["current"]["sha"], next_sha, "{production:#}");
+    assert_eq!(production["current"]["run"], next.as_str());
+    assert_eq!(production["previous"]["sha"], GOOD, "{production:#}");
+    assert!(production["held"].is_null(), "{production:#}");
+    assert_rfc3339(&production["current"]["since"]);
+    let history = cli_json(&h, &["envs", "history", "production"]);
+    let changes: Vec<(String, String)> = history["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .map(|c| {
+            assert_rfc3339(&c["at"]);
+            (
+                c["change"].as_str().unwrap_or("").to_string(),
+                c["sha"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String)> = [
+        ("deployed", next_sha),
+        ("released", GOOD),
+        ("rolled_back", BAD),
+        ("deployed", GOOD),
+    ]
+    .iter()
+    .map(|(c, s)| (c.to_string(), s.to_string()))
+    .collect();
+    assert_eq!(changes, expected, "{history:#}");
+    assert_eq!(history["changes"][1]["by"], "admin", "{history:#}");
+    let text = cli_text(&h, &["envs", "history", "production"]);
+    assert!(
+        text.lines().next().is_some_and(|l| l.contains("deployed")
+            && l.contains(&next_sha[..7])
+            && l.contains("Z (")
+            && (l.contains(" ago)") || l.contains("(just now)"))),
+        "{text}"
+    );
+    // Runs found by pipeline, environment, status, commit and time.
+    let ids = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["runs", "list"];
+        all.extend_from_slice(args);
+        cli_json(&h, &all)["runs"]
+            .as_array()
+            .expect("runs")
+            .iter()
+            .map(|r| r["id"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    assert_eq!(
+        ids(&["--env", "production", "--status", "rolled_back"]),
+        std::slice::from_ref(&bad)
+    );
+    assert_eq!(
+        ids(&["--sha", &BAD[..6].to_uppercase()]),
+        std::slice::from_ref(&bad)
+    );
+    assert_eq!(
+        ids(&[
+            "--pipeline",
+            "web",
+            "--env",
+            "production",
+            "--status",
+            "succeeded"
+        ]),
+        [next.clone(), run.clone()]
+    );
+    assert!(ids(&["--pipeline", "other"]).is_empty());
+    assert_eq!(ids(&["--since", "1h"]).len(), 4);
+    assert!(ids(&["--since", "2099-01-01T00:00:00Z"]).is_empty());
+    let listed = cli_text(&h, &["runs", "list", "--status", "rolled_back"]);
+    assert!(
+        listed.contains(" web ") && listed.contains(&bad) && listed.contains("Z ("),
+        "{listed}"
+    );
+    // Following a run that has ended prints it once and says how it ended.
+    let base = &h.server.as_ref().expect("server").base;
+    let watched = std::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(["runs", "show", &bad, "--watch"])
+        .env("GANTRY_SERVER", base)
+        .env("GANTRY_TOKEN", ADMIN_TOKEN)
+        .output()
+        .expect("run gantry");
+    assert_eq!(watched.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&watched.stdout).contains("rolled_back"));
+
+    let text = cli_text(&h, &["envs", "--pipeline", "web"]);
+    assert!(
+        text.contains("web/production") && text.contains(&format!("now:      {}", &next_sha[..7])),
+        "{text}"
+    );
+}
+
+/// `gantry ARGS --json` against the harness's server, as the admin.
+fn cli_json(h: &Harness, args: &[&str]) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let out = cli_text(h, &all);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+}
+
+/// `gantry ARGS` against the harness's server, as the admin: its stdout.
+fn cli_text(h: &Harness, args: &[&str]) -> String {
+    let base = &h.server.as_ref().expect("server").base;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(args)
+        .env("GANTRY_SERVER", base)
+        .env("GANTRY_TOKEN", ADMIN_TOKEN)
+        .output()
+        .expect("run gantry");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// `value` is an RFC 3339 time in UTC, to the second.
+fn assert_rfc3339(value: &serde_json::Value) {
+    let text = value.as_str().unwrap_or("");
+    let shape = text.len() == 20
+        && text.ends_with('Z')
+        && text.as_bytes()[4] == b'-'
+        && text.as_bytes()[10] == b'T';
+    assert!(shape, "not RFC 3339: {value}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,7 +26,7 @@ pub use crash::{CrashPoint, CrashPoints};
 pub use deploy::{DeployRequest, Deployer, ProcessDeployer};
 pub use engine::{
     Cancelling, Counts, Decided, Engine, EngineConfig, QueueDeadLetter, Released, Restored,
-    RunBackup, RunPage, Submitted, Swept, run_id_for,
+    RunBackup, RunFilter, RunPage, Submitted, Swept, run_id_for,
 };
 pub use error::{Error, Refusal};
 pub use metrics::{Metrics, Snapshot};

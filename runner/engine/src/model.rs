@@ -76,6 +76,19 @@ pub fn waiter_key(pipeline: &str, environment: &str, ticket: u64) -> Key {
     )
 }
 
+/// The partition of an environment's history: what changed there, by time.
+pub fn history_partition(pipeline: &str, environment: &str) -> String {
+    format!("history/{pipeline}/{environment}")
+}
+
+/// The key of one change in an environment's history.
+pub fn history_key(pipeline: &str, environment: &str, at_ms: u64, run: &str, what: &str) -> Key {
+    Key::new(
+        history_partition(pipeline, environment),
+        format!("{at_ms:015}/{run}/{what}"),
+    )
+}
+
 /// The partition of a pipeline's evidence summaries, sorted by SHA.
 pub fn summary_partition(pipeline: &str) -> String {
     format!("evidence/{pipeline}")
@@ -941,6 +954,25 @@ pub struct Deployed {
     /// Its deployment at the source host (GitHub), when reported there.
     #[serde(default)]
     pub deployment_id: Option<u64>,
+}
+
+/// One change of what an environment runs, for `gantry envs history`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvChange {
+    /// When, Unix ms.
+    pub at_ms: u64,
+    /// `deployed` (an artifact passed every step and runs there now),
+    /// `rolled_back` (a failed artifact was undone and the environment
+    /// held), `released` (a hold cleared).
+    pub change: String,
+    /// The artifact the change is about.
+    pub artifact: Option<Artifact>,
+    /// The run that made it.
+    pub run: Option<String>,
+    /// Who, when a person did it.
+    pub by: Option<String>,
+    /// What happened, for people.
+    pub summary: String,
 }
 
 /// What the ledger says of an artifact in one environment, kept small: the

@@ -465,6 +465,16 @@ impl Engine {
                     .filter(|id| Some(*id) != deployed.deployment_id);
             }
             state.current = Some(deployed);
+            let change = EnvChange {
+                at_ms: now,
+                change: "deployed".into(),
+                artifact: Some(cx.run.artifact.clone()),
+                run: Some(cx.run.id.clone()),
+                by: None,
+                summary: format!("{} passed every step", short(&sha)),
+            };
+            let pipeline = cx.run.pipeline.clone();
+            self.record_change(cx.tx, &pipeline, &env.name, change);
         }
         self.report(
             cx.run,

@@ -13,6 +13,7 @@
 //! | `gate`, `approval`, `canary`, `rollback` | the step kinds, each with its pure decision function |
 //! | `envqueue` | an environment's lock and queue: acquire, release, waiters, supersede |
 //! | `ledger` | the evidence ledger |
+//! | `history` | each environment's history: deployed, rolled back, released |
 //! | `outbox` | notifications and deployment reports, delivered in order |
 //! | `people` | approve, reject, release |
 //! | `cancel` | a person's cancel request, honoured at the run's next safe point (adopted by a transition it raced) |
@@ -32,6 +33,7 @@ mod dispatch;
 mod effects;
 mod envqueue;
 mod gate;
+mod history;
 mod intake;
 mod ledger;
 mod machine;
@@ -65,7 +67,7 @@ pub use cancel::Cancelling;
 pub use deadletter::QueueDeadLetter;
 pub use intake::{Submitted, run_id_for};
 pub use people::{Decided, Released};
-pub use queries::{Counts, RunPage};
+pub use queries::{Counts, RunFilter, RunPage};
 pub use restore::{Restored, RunBackup};
 pub use sweeper::Swept;
 

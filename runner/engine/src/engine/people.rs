@@ -224,11 +224,13 @@ impl Engine {
     }
 
     /// Clears the hold on `environment` (of `pipeline`, or of the only
-    /// pipeline that has it) and wakes the first run waiting for it.
+    /// pipeline that has it) for `by`, and wakes the first run waiting for
+    /// it.
     pub async fn release(
         &self,
         pipeline: Option<&str>,
         environment: &str,
+        by: &str,
     ) -> Result<Released, Refusal> {
         let pipeline = self.pipeline_with(pipeline, environment)?;
         retrying("the environment", || async {
@@ -237,10 +239,20 @@ impl Engine {
             let Some(hold) = state.held.take() else {
                 return Err(Refusal::Conflict(format!("{environment} is not held")));
             };
+            let artifact = state.current.as_ref().map(|d| d.artifact.clone());
             if state.holder.is_none() {
                 self.wake_first_waiter(&mut tx, &pipeline.name, environment)
                     .await?;
             }
+            let change = EnvChange {
+                at_ms: self.now(),
+                change: "released".into(),
+                artifact,
+                run: Some(hold.run.clone()),
+                by: Some(by.to_string()),
+                summary: format!("released by {by}; it was held: {}", hold.reason),
+            };
+            self.record_change(&mut tx, &pipeline.name, environment, change);
             if !commit(self, tx.take(None, None, true)).await? {
                 return Ok(None);
             }

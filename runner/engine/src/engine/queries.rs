@@ -31,7 +31,99 @@ pub struct Counts {
     pub dead_letters: u64,
 }
 
+/// Which runs a listing keeps; every field set must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunFilter {
+    /// The pipeline's name.
+    pub pipeline: Option<String>,
+    /// An environment the run entered (a stage past pending).
+    pub environment: Option<String>,
+    /// The run's status name (`waiting`, `rolled_back`, ...).
+    pub status: Option<String>,
+    /// A prefix of the commit SHA, any letter case.
+    pub sha: Option<String>,
+    /// Created at or after, Unix ms.
+    pub since_ms: Option<u64>,
+}
+
+/// Runs a filtered listing reads at most before it answers with what it
+/// found (and a cursor to go on from).
+const MAX_SCANNED: usize = 10_000;
+
+impl RunFilter {
+    /// Whether nothing is filtered.
+    pub fn is_empty(&self) -> bool {
+        *self == RunFilter::default()
+    }
+
+    /// Whether `run` is kept.
+    pub fn matches(&self, run: &Run) -> bool {
+        let entered = |env: &str| {
+            run.stages.iter().any(|s| {
+                s.environment == env
+                    && !matches!(s.status, StageStatus::Pending | StageStatus::Skipped)
+            })
+        };
+        self.pipeline.as_deref().is_none_or(|p| run.pipeline == p)
+            && self.environment.as_deref().is_none_or(entered)
+            && self
+                .status
+                .as_deref()
+                .is_none_or(|s| run.status.name() == s)
+            && self.sha.as_deref().is_none_or(|prefix| {
+                run.artifact
+                    .commit_sha
+                    .to_ascii_lowercase()
+                    .starts_with(&prefix.to_ascii_lowercase())
+            })
+            && self.since_ms.is_none_or(|since| run.created_ms >= since)
+    }
+}
+
 impl Engine {
+    /// Up to `limit` runs that `filter` keeps, newest first, after cursor
+    /// `after`. Reads pages of the index until it has `limit`, reaches
+    /// runs older than `since_ms`, or has read [`MAX_SCANNED`]; `next`
+    /// goes on from the last run read.
+    pub async fn find_runs(
+        &self,
+        filter: &RunFilter,
+        limit: usize,
+        mut after: Option<String>,
+    ) -> Result<RunPage, gantry_store::Error> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        let mut found = Vec::new();
+        let mut scanned = 0;
+        loop {
+            let page = self.runs(MAX_PAGE, after.clone()).await?;
+            for run in page.runs {
+                scanned += 1;
+                after = Some(run_index_key(run.created_ms, &run.id).sort);
+                if filter.since_ms.is_some_and(|since| run.created_ms < since) {
+                    return Ok(RunPage {
+                        runs: found,
+                        next: None,
+                    });
+                }
+                if filter.matches(&run) {
+                    found.push(run);
+                }
+                if found.len() >= limit || scanned >= MAX_SCANNED {
+                    return Ok(RunPage {
+                        runs: found,
+                        next: after,
+                    });
+                }
+            }
+            if page.next.is_none() {
+                return Ok(RunPage {
+                    runs: found,
+                    next: None,
+                });
+            }
+        }
+    }
+
     /// Up to `limit` runs, newest first, after cursor `after`: the shards
     /// of the run index read together and merged.
     pub async fn runs(

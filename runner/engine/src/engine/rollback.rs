@@ -15,7 +15,7 @@ use super::{Engine, short};
 use crate::bounded::{self, cap};
 use crate::error::Error;
 use crate::model::{
-    DeploymentState, Hold, Rollback, RollbackAction, RunStatus, Stage, StageStatus,
+    DeploymentState, EnvChange, Hold, Rollback, RollbackAction, RunStatus, Stage, StageStatus,
 };
 
 /// What a rollback does next.
@@ -218,6 +218,16 @@ impl Engine {
         }
         let held = format!("{} held: {summary}", env.name);
         self.record(cx, &env.name, "-", "hold", &held, vec![], None);
+        let change = EnvChange {
+            at_ms: now,
+            change: "rolled_back".into(),
+            artifact: Some(cx.run.artifact.clone()),
+            run: Some(id.clone()),
+            by: None,
+            summary: held.clone(),
+        };
+        let pipeline = cx.run.pipeline.clone();
+        self.record_change(cx.tx, &pipeline, &env.name, change);
         if to.is_some() {
             self.decide_verdict(cx, &env.name, "rollback", &summary)
                 .await?;

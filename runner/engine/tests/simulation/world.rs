@@ -667,7 +667,7 @@ impl Sim {
                 }
                 match self
                     .engine
-                    .release(Some(&format!("web{n}")), "production")
+                    .release(Some(&format!("web{n}")), "production", "dave")
                     .await
                 {
                     Ok(_) | Err(Refusal::Conflict(_)) => {

@@ -256,7 +256,7 @@ mod tests {
 
     #[test]
     fn times_read_absolute_and_relative() {
-        assert_eq!(rfc3339(1_796_640_801_353), "2026-12-07T11:33:21Z");
+        assert_eq!(rfc3339(1_796_640_801_353), "2026-12-07T10:53:21Z");
         assert_eq!(ago(10_000, 10_500), "just now");
         assert_eq!(ago(0, 45_000), "45s ago");
         assert_eq!(ago(0, 12 * 60_000 + 5), "12m ago");

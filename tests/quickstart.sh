@@ -85,8 +85,9 @@ wait_for "$prod_run" waiting
 echo; echo "== alice wrote the change, so she may not approve it"
 GANTRY_TOKEN="$alice_token" "$gantry" approve "$prod_run" --env production --reason "ship it" || true
 
-echo; echo "== 3. bob approves: canary 10/50/100 to success"
-GANTRY_TOKEN="$bob_token" "$gantry" approve "$prod_run" --env production --reason "reviewed the staging evidence"
+echo; echo "== 3. bob sees what waits for him and approves it by its SHA: canary 10/50/100 to success"
+GANTRY_TOKEN="$bob_token" "$gantry" approvals
+GANTRY_TOKEN="$bob_token" "$gantry" approve "$good" --reason "reviewed the staging evidence"
 wait_for "$prod_run" succeeded
 "$gantry" runs show "$prod_run"
 "$gantry" evidence $good

@@ -56,7 +56,7 @@ pub fn action_of(method: &Method, route: &str) -> Option<Action<'static>> {
         ("POST", "/api/environments/{env}/release") => Action::Release { environment: None },
         ("POST", "/api/runs/{id}/cancel") => Action::Cancel { environment: None },
         ("POST", "/api/dlq/{id}/retry" | "/api/queue/redrive") => Action::Redrive,
-        ("GET", "/api/runs/{id}/backup") => Action::Read,
+        ("GET", "/api/runs/{id}/backup" | "/api/approvals") => Action::Read,
         ("POST", "/api/runs/{id}/restore") => Action::Restore { environment: None },
         _ => return None,
     };

@@ -115,6 +115,7 @@ pub fn app(engine: Arc<Engine>, access: Arc<Access>) -> Router {
         .route("/api/runs/{id}", get(run))
         .route("/api/runs/{id}/decisions", post(decide))
         .route("/api/runs/{id}/cancel", post(cancel))
+        .route("/api/approvals", get(approvals))
         .route("/api/runs/{id}/backup", get(backup))
         .route("/api/runs/{id}/restore", post(restore))
         .route("/api/evidence/{sha}", get(evidence))
@@ -331,6 +332,15 @@ async fn decide(
         .await
         .map_err(|e| refused(e.into()))?;
     Ok(audited(Json(json!(outcome)), note))
+}
+
+/// The runs waiting for the caller's decision.
+async fn approvals(
+    State(AppState { engine, .. }): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Value>, AppError> {
+    let pending = engine.approvals_for(&caller.user).await?;
+    Ok(Json(json!({"user": caller.user, "approvals": pending})))
 }
 
 /// A cancel request's body.

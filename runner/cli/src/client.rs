@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Context, anyhow};
+use anyhow::{Context, anyhow, bail};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
@@ -127,17 +127,19 @@ pub enum RunsCommand {
 /// `gantry approve` / `gantry reject`.
 #[derive(Args)]
 pub struct DecideArgs {
-    /// The run id.
+    /// The run id, or a commit SHA (7 or more leading characters) that
+    /// waits for your decision (`gantry approvals` lists them).
     run: String,
-    /// The environment whose approval step it waits at.
+    /// The environment whose approval step it waits at (default: where it
+    /// waits for you).
     #[arg(long = "env")]
-    environment: String,
+    environment: Option<String>,
     /// Who decides: the token's user (a check; another name is refused).
     #[arg(long = "as")]
     user: Option<String>,
-    /// Why.
+    /// Why (asked for when left out on a terminal).
     #[arg(long)]
-    reason: String,
+    reason: Option<String>,
 }
 
 /// `gantry dlq`.
@@ -521,10 +523,15 @@ pub async fn decide(
     approve: bool,
 ) -> anyhow::Result<ExitCode> {
     let client = Client::new(&server);
+    let (run, environment) = decision_target(&client, &args).await?;
+    let reason = match args.reason.clone() {
+        Some(reason) => reason,
+        None => ask_reason(if approve { "approve" } else { "reject" }, &run)?,
+    };
     let answer = client
         .post(
-            &format!("/api/runs/{}/decisions", args.run),
-            json!({"environment": args.environment, "user": args.user, "approve": approve, "reason": args.reason}),
+            &format!("/api/runs/{run}/decisions"),
+            json!({"environment": environment, "user": args.user, "approve": approve, "reason": reason}),
         )
         .await?;
     let by = answer["by"].as_str().unwrap_or("?");
@@ -532,15 +539,116 @@ pub async fn decide(
         print_json(&answer);
     } else if approve {
         say!(
-            "{by} approved run {} in {} ({} of {}; {} still needed)",
-            args.run,
-            args.environment,
+            "{by} approved run {run} in {environment} ({} of {}; {} still needed)",
             answer["approvals"],
             answer["required"],
             answer["still_needed"]
         );
     } else {
-        say!("{by} rejected run {} in {}", args.run, args.environment);
+        say!("{by} rejected run {run} in {environment}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The run and environment `args` name: as given with `--env`, else the
+/// one run waiting for the caller's decision whose id is `args.run` or
+/// whose commit starts with it.
+async fn decision_target(client: &Client, args: &DecideArgs) -> anyhow::Result<(String, String)> {
+    let wanted = args.run.to_ascii_lowercase();
+    let waiting = client.get("/api/approvals").await?;
+    let matches: Vec<&Value> = waiting["approvals"]
+        .as_array()
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    let matches: Vec<&Value> = matches
+        .into_iter()
+        .filter(|p| {
+            p["run"] == args.run.as_str()
+                || (wanted.len() >= 7
+                    && p["sha"]
+                        .as_str()
+                        .is_some_and(|sha| sha.to_ascii_lowercase().starts_with(&wanted)))
+        })
+        .filter(|p| {
+            args.environment
+                .as_deref()
+                .is_none_or(|e| p["environment"] == e)
+        })
+        .collect();
+    match (matches.as_slice(), &args.environment) {
+        ([one], _) => Ok((text(&one["run"]), text(&one["environment"]))),
+        // Not waiting for this caller: the server says why not.
+        ([], Some(env)) => Ok((args.run.clone(), env.clone())),
+        ([], None) => Err(anyhow!(
+            "nothing waits for your decision as `{}` (`gantry approvals` lists what does; give --env to decide on a run anyway)",
+            args.run
+        )),
+        (many, _) => Err(anyhow!(
+            "`{}` matches {} waiting runs ({}): name the run, or add --env",
+            args.run,
+            many.len(),
+            many.iter()
+                .map(|p| format!("{} in {}", text(&p["run"]), text(&p["environment"])))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+/// Asks for a decision's reason on the terminal; refuses without one.
+fn ask_reason(verb: &str, run: &str) -> anyhow::Result<String> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        bail!("--reason is required (it is asked for only on a terminal)");
+    }
+    eprint!("why {verb} run {run}? ");
+    std::io::stderr().flush().ok();
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    let reason = line.trim().to_string();
+    if reason.is_empty() {
+        bail!("a reason is required");
+    }
+    Ok(reason)
+}
+
+/// `gantry approvals`: what waits for the caller's decision.
+pub async fn approvals(server: ServerArgs) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&server);
+    let answer = client.get("/api/approvals").await?;
+    let list = answer["approvals"].as_array().cloned().unwrap_or_default();
+    if server.json {
+        let public: Vec<Value> = list
+            .iter()
+            .map(|p| {
+                json!({
+                    "run": p["run"], "pipeline": p["pipeline"], "environment": p["environment"],
+                    "sha": p["sha"], "step": p["step"], "approvals": p["approvals"],
+                    "required": p["required"], "reason": p["reason"],
+                    "since": p["since_ms"].as_u64().map(crate::envs::rfc3339),
+                })
+            })
+            .collect();
+        print_json(&json!({ "user": answer["user"], "approvals": public }));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if list.is_empty() {
+        say!("nothing waits for {}'s decision", text(&answer["user"]));
+    }
+    for p in &list {
+        say!(
+            "{}  {}/{}  {}  {} of {}  waiting since {}  (gantry approve {} --reason ...)",
+            text(&p["run"]),
+            text(&p["pipeline"]),
+            text(&p["environment"]),
+            short(p["sha"].as_str().unwrap_or("")),
+            p["approvals"],
+            p["required"],
+            p["since_ms"]
+                .as_u64()
+                .map_or("-".into(), crate::envs::shown),
+            short(p["sha"].as_str().unwrap_or(""))
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -22,8 +22,21 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(name = "gantry", version, about)]
 struct Cli {
+    /// How log lines are written to stderr: `text`, or `json` (one object
+    /// per line, for a log shipper). Levels: `RUST_LOG` (e.g.
+    /// `RUST_LOG=info,gantry_engine=debug`). Text has no colours unless
+    /// stderr is a terminal and `NO_COLOR` is unset.
+    #[arg(long, global = true, env = "GANTRY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -56,6 +69,12 @@ enum Command {
         server: client::ServerArgs,
         #[command(subcommand)]
         command: client::RunsCommand,
+    },
+    /// What waits for your decision: runs at an approval step you may
+    /// decide now.
+    Approvals {
+        #[command(flatten)]
+        server: client::ServerArgs,
     },
     /// Approve the approval step a run waits at.
     Approve {
@@ -152,8 +171,10 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match &cli.command {
         Command::Validate(_) => {}
-        Command::Serve(_) | Command::Receiver(_) | Command::Worker(_) => init_tracing("info"),
-        _ => init_tracing("error"),
+        Command::Serve(_) | Command::Receiver(_) | Command::Worker(_) => {
+            init_tracing("info", cli.log_format)
+        }
+        _ => init_tracing("error", cli.log_format),
     }
     if let Command::Validate(args) = cli.command {
         return serve::validate(args);
@@ -178,6 +199,7 @@ fn main() -> std::process::ExitCode {
             Command::Validate(_) => Ok(std::process::ExitCode::SUCCESS),
             Command::Submit { server, event } => client::submit(server, event).await,
             Command::Runs { server, command } => client::runs(server, command).await,
+            Command::Approvals { server } => client::approvals(server).await,
             Command::Approve { server, args } => client::decide(server, args, true).await,
             Command::Reject { server, args } => client::decide(server, args, false).await,
             Command::Evidence { server, sha } => client::evidence(server, sha).await,
@@ -227,18 +249,41 @@ fn terminal_safe(text: &str) -> String {
 }
 
 /// Logs go to stderr; `RUST_LOG` overrides the command's default level.
-fn init_tracing(default: &str) {
+fn init_tracing(default: &str, format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder
+            .with_ansi(colours(
+                std::io::stderr().is_terminal(),
+                std::env::var_os("NO_COLOR"),
+            ))
+            .init(),
+    }
+}
+
+/// Whether text output may use ANSI colours: only on a terminal, and not
+/// when `NO_COLOR` is set to anything but the empty string (no-color.org).
+fn colours(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::terminal_safe;
+    use super::{colours, terminal_safe};
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        assert!(colours(true, None));
+        assert!(colours(true, Some("".into())));
+        assert!(!colours(true, Some("1".into())));
+        assert!(!colours(false, None));
+    }
 
     #[test]
     fn escape_sequences_are_shown_not_sent() {

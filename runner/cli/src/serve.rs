@@ -30,10 +30,12 @@ pub struct CommonArgs {
     /// A pipeline file; repeat for several repositories.
     #[arg(long, required = true)]
     config: Vec<PathBuf>,
-    /// Where the embedded store (one SQLite file) and the compiled-plugin
-    /// cache live.
-    #[arg(long, default_value = ".gantry", env = "GANTRY_DATA_DIR")]
-    data_dir: PathBuf,
+    /// Where the embedded store (one SQLite file), the compiled-plugin
+    /// cache and database backups live. Default: systemd's
+    /// `$STATE_DIRECTORY`, else `$XDG_STATE_HOME/gantry`, else
+    /// `~/.local/state/gantry`, else `/var/lib/gantry`; printed at start.
+    #[arg(long, env = "GANTRY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
     #[command(flatten)]
     backend: crate::backend::BackendArgs,
     /// The URL people reach the API at, for links in notifications
@@ -93,6 +95,37 @@ pub struct CommonArgs {
     /// Compiled-plugin cache directory.
     #[arg(long, env = "GANTRY_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
+}
+
+impl CommonArgs {
+    /// `--data-dir`, or the default state directory.
+    fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| {
+            default_data_dir(|name| std::env::var_os(name).filter(|v| !v.is_empty()))
+        })
+    }
+}
+
+/// The state directory when `--data-dir` is not given, from the
+/// environment variables `var` reads.
+fn default_data_dir(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> PathBuf {
+    if let Some(dir) = var("STATE_DIRECTORY") {
+        // systemd's StateDirectory= (the first, when it lists several).
+        let first = dir
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        return PathBuf::from(first);
+    }
+    if let Some(state) = var("XDG_STATE_HOME") {
+        return PathBuf::from(state).join("gantry");
+    }
+    match var("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/state/gantry"),
+        None => PathBuf::from("/var/lib/gantry"),
+    }
 }
 
 /// `gantry serve`.
@@ -364,12 +397,14 @@ async fn open(
         eprintln!("{}", missing.join("\n"));
         return Ok(Err(ExitCode::from(1)));
     }
+    let data_dir = args.data_dir();
+    eprintln!("data directory: {}", data_dir.display());
     let backend: Arc<dyn Backend> =
-        crate::backend::open(&args.backend, &args.data_dir, !args.no_fsync).await?;
+        crate::backend::open(&args.backend, &data_dir, !args.no_fsync).await?;
     let cache_dir = args
         .cache_dir
         .clone()
-        .or_else(|| Some(args.data_dir.join("plugin-cache")));
+        .or_else(|| Some(data_dir.join("plugin-cache")));
     let listener = match listen {
         Some(listen) => Some(
             tokio::net::TcpListener::bind(listen)
@@ -392,7 +427,7 @@ async fn open(
         lease: Duration::from_secs(args.lease),
         sweep_every: Duration::from_secs(args.sweep_every),
         sweep_grace: Duration::from_secs(args.sweep_grace),
-        backup_dir: Some(args.data_dir.join("backups")),
+        backup_dir: Some(data_dir.join("backups")),
         review_recheck: receiver
             .github
             .protection_rule_recheck_secs
@@ -591,7 +626,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     eprintln!(
         "gantry serving {} pipeline(s) on http://{local} (data in {})",
         engine.pipelines().len(),
-        args.common.data_dir.display()
+        args.common.data_dir().display()
     );
     let access = Arc::new(access(&engine, &args.access)?);
     let audit = access.audit.clone();
@@ -631,7 +666,7 @@ pub async fn receiver(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
     let local = listener.local_addr()?;
     eprintln!(
         "gantry receiver on http://{local} (queue in {})",
-        args.common.data_dir.display()
+        args.common.data_dir().display()
     );
     let audit = gantry_auth::AuditLog::new(engine.backend().clone(), gantry_store::system_clock());
     let app = gantry_receiver::routes(engine, receiver, audit)
@@ -696,5 +731,37 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = interrupt.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_data_dir;
+    use std::ffi::OsString;
+    use std::path::PathBuf;
+
+    #[test]
+    fn the_default_data_dir_is_a_fixed_state_directory() {
+        let from = |pairs: &'static [(&'static str, &'static str)]| {
+            default_data_dir(move |name| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| OsString::from(v))
+            })
+        };
+        assert_eq!(
+            from(&[("STATE_DIRECTORY", "/var/lib/gantry:/x"), ("HOME", "/h")]),
+            PathBuf::from("/var/lib/gantry")
+        );
+        assert_eq!(
+            from(&[("XDG_STATE_HOME", "/s"), ("HOME", "/h")]),
+            PathBuf::from("/s/gantry")
+        );
+        assert_eq!(
+            from(&[("HOME", "/h")]),
+            PathBuf::from("/h/.local/state/gantry")
+        );
+        assert_eq!(from(&[]), PathBuf::from("/var/lib/gantry"));
     }
 }

@@ -186,6 +186,7 @@ async fn every_route_answers_every_caller_as_its_role_allows() {
             read(200),
         ),
         (Method::GET, "/api/environments".into(), None, read(200)),
+        (Method::GET, "/api/approvals".into(), None, read(200)),
         (
             Method::GET,
             "/api/environments/production/history".into(),

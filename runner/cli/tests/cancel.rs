@@ -237,9 +237,22 @@ async fn a_run_whose_environment_was_renamed_away_can_still_be_cancelled() {
             .contains("waiting for approval")
     })
     .await;
-    // production becomes prod in the file; the server starts again on it.
+    // Its logs so far went to a pipe: no colour codes in them.
+    let logs = h
+        .server()
+        .lines
+        .lock()
+        .map(|l| l.join("\n"))
+        .unwrap_or_default();
+    assert!(
+        logs.contains("checkpoint") && !logs.contains('\u{1b}'),
+        "{logs}"
+    );
+    // production becomes prod in the file; the server starts again on it,
+    // logging JSON lines this time.
     let text = std::fs::read_to_string(&h.config).expect("read");
     std::fs::write(&h.config, text.replace("  production:", "  prod:")).expect("write");
+    h.args = vec!["--log-format".into(), "json".into()];
     h.start(&[]);
     let (status, asked) = h
         .api(
@@ -251,4 +264,19 @@ async fn a_run_whose_environment_was_renamed_away_can_still_be_cancelled() {
     assert_eq!(status, 200, "{asked}");
     let done = h.wait_status(&run, "cancelled").await;
     assert_eq!(done["stages"][1]["environment"], "production", "{done:#}");
+    let logs: Vec<String> = h
+        .server()
+        .lines
+        .lock()
+        .map(|l| l.clone())
+        .unwrap_or_default();
+    let json: Vec<Value> = logs
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["level"].is_string() && v["fields"].is_object())
+        .collect();
+    assert!(
+        json.iter().any(|v| v["fields"]["message"] == "checkpoint"),
+        "no JSON log lines: {logs:#?}"
+    );
 }

@@ -408,3 +408,69 @@ async fn a_gate_that_always_traps_is_dead_lettered_while_other_runs_flow_and_can
     assert_ne!(again[0]["id"], id.as_str(), "{again:?}");
     assert_eq!(again[0]["run"], poisoned.as_str());
 }
+
+/// `gantry ARGS` as the holder of `token`: (exit code, stdout, stderr).
+fn cli_as(h: &Harness, token: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let base = &h.server.as_ref().expect("server").base;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(args)
+        .env("GANTRY_SERVER", base)
+        .env("GANTRY_TOKEN", token)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run gantry");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_list_what_waits_for_each_person_and_approve_takes_a_sha() {
+    let mut h = Harness::new(|t| t).await;
+    h.start(&[]);
+    let (_, sub) = h.submit(merge(GOOD, "alice")).await;
+    let run = sub["run"].as_str().expect("run").to_string();
+    let waiting = h
+        .wait_run(&run, "waiting for approval", |r| {
+            r["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("waiting for approval")
+        })
+        .await;
+    // The wait names only those who may approve: not alice, who wrote it.
+    assert_eq!(
+        waiting["reason"],
+        "waiting for approval in production: 0 of 1 (may approve: bob, carol)"
+    );
+    let bob = h.token_for("bob").await.expect("token");
+    let alice = h.token_for("alice").await.expect("token");
+    let (code, out, err) = cli_as(&h, &bob, &["approvals", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let listed: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(listed["user"], "bob");
+    assert_eq!(listed["approvals"][0]["run"], run.as_str(), "{listed:#}");
+    assert_eq!(listed["approvals"][0]["environment"], "production");
+    assert_rfc3339(&listed["approvals"][0]["since"]);
+    let (_, out, _) = cli_as(&h, &alice, &["approvals", "--json"]);
+    let listed: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(listed["approvals"], serde_json::json!([]), "{listed:#}");
+
+    // No reason and no terminal to ask on: refused before anything is sent.
+    let (code, _, err) = cli_as(&h, &bob, &["approve", &GOOD[..8]]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--reason is required"), "{err}");
+    let (code, _, err) = cli_as(&h, &bob, &["approve", "ffffffff", "--reason", "x"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("nothing waits for your decision"), "{err}");
+    // By a prefix of the SHA, no run id and no --env.
+    let (code, out, err) = cli_as(&h, &bob, &["approve", &GOOD[..8], "--reason", "ok"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains(&format!("bob approved run {run} in production")),
+        "{out}"
+    );
+    h.wait_status(&run, "succeeded").await;
+}

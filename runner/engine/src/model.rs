@@ -851,7 +851,7 @@ pub struct Poll {
 }
 
 /// An approval's progress.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApprovalProgress {
     /// Approvals and rejections so far.
     pub decisions: Vec<Decision>,

@@ -43,6 +43,7 @@ pub(crate) fn approval_next(
     progress: &ApprovalProgress,
     spec: &Approval,
     environment: &str,
+    involved: &[String],
     now: u64,
 ) -> ApprovalNext {
     if let Some(r) = progress.decisions.iter().find(|d| !d.approve) {
@@ -57,16 +58,35 @@ pub(crate) fn approval_next(
     }
     ApprovalNext::Wait {
         until_ms: progress.deadline_ms,
-        reason: waiting_for(environment, approvals, spec),
+        reason: waiting_for(environment, spec, progress, involved),
     }
 }
 
-/// Why a run waits at an approval, for people.
-pub(crate) fn waiting_for(environment: &str, approvals: u32, spec: &Approval) -> String {
+/// Why a run waits at an approval, for people, naming only who may still
+/// decide: the approvers who have not, less the change's author and merger
+/// (`involved`) unless the step allows self-approval.
+pub(crate) fn waiting_for(
+    environment: &str,
+    spec: &Approval,
+    progress: &ApprovalProgress,
+    involved: &[String],
+) -> String {
+    let approvals = progress.decisions.iter().filter(|d| d.approve).count();
+    let may: Vec<&str> = spec
+        .approvers
+        .iter()
+        .filter(|a| !progress.decisions.iter().any(|d| same_person(&d.by, a)))
+        .filter(|a| spec.allow_self_approval || !involved.iter().any(|u| same_person(u, a)))
+        .map(String::as_str)
+        .collect();
+    let who = if may.is_empty() {
+        "nobody left may: it times out unless cancelled".to_string()
+    } else {
+        format!("may approve: {}", may.join(", "))
+    };
     format!(
-        "waiting for approval in {environment}: {approvals} of {} (approvers: {})",
-        spec.required,
-        spec.approvers.join(", ")
+        "waiting for approval in {environment}: {approvals} of {} ({who})",
+        spec.required
     )
 }
 
@@ -156,7 +176,74 @@ pub(crate) fn check_decision(
     })
 }
 
+/// A run waiting for someone's decision.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PendingApproval {
+    /// The run.
+    pub run: String,
+    /// The pipeline.
+    pub pipeline: String,
+    /// The environment it waits to enter.
+    pub environment: String,
+    /// The commit.
+    pub sha: String,
+    /// The approval step.
+    pub step: String,
+    /// Approvals so far.
+    pub approvals: u32,
+    /// Approvals needed.
+    pub required: u32,
+    /// Why it waits, naming who may still approve.
+    pub reason: String,
+    /// Since when it waits, Unix ms.
+    pub since_ms: u64,
+}
+
+/// Waiting runs an approvals listing reads at most.
+const PENDING_SCAN: usize = 500;
+
 impl Engine {
+    /// The runs waiting at an approval step that `user` may decide now (on
+    /// its allow-list, not the change's author or merger unless allowed,
+    /// not decided yet), newest first.
+    pub async fn approvals_for(&self, user: &str) -> Result<Vec<PendingApproval>, Refusal> {
+        let filter = super::RunFilter {
+            status: Some("waiting".into()),
+            ..Default::default()
+        };
+        let page = self.find_runs(&filter, PENDING_SCAN, None).await?;
+        let mut pending = Vec::new();
+        for run in page.runs {
+            let Some(stage) = run.stage() else { continue };
+            let environment = stage.environment.clone();
+            let def = self
+                .definition(&run.pipeline, &run.pipeline_version)
+                .await?;
+            let Ok(approvable) = check_decision(&run, &def, &environment, user, None) else {
+                continue;
+            };
+            let step = stage.steps.get(approvable.cursor);
+            let progress = step.and_then(|st| st.approval.clone()).unwrap_or_default();
+            pending.push(PendingApproval {
+                run: run.id.clone(),
+                pipeline: run.pipeline.clone(),
+                environment: environment.clone(),
+                sha: run.artifact.commit_sha.clone(),
+                step: step.map(|st| st.name.clone()).unwrap_or_default(),
+                approvals: progress.decisions.iter().filter(|d| d.approve).count() as u32,
+                required: approvable.spec.required,
+                reason: waiting_for(
+                    &environment,
+                    &approvable.spec,
+                    &progress,
+                    &run.event.involved(),
+                ),
+                since_ms: step.and_then(|st| st.started_ms).unwrap_or(run.updated_ms),
+            });
+        }
+        Ok(pending)
+    }
+
     /// An approval step: the first look creates its token and deadline and
     /// sends the approval request; later looks pass, fail or park until
     /// the deadline (a decision wakes it sooner).
@@ -168,6 +255,7 @@ impl Engine {
         spec: &Approval,
     ) -> Result<Next, Error> {
         let now = self.now();
+        let involved = cx.run.event.involved();
         let st = step(cx.run)?;
         let first = st.approval.is_none();
         let progress = st.approval.get_or_insert_with(|| ApprovalProgress {
@@ -176,7 +264,7 @@ impl Engine {
             deadline_ms: now + spec.timeout.0.as_millis() as u64,
         });
         st.status = StepStatus::Waiting;
-        match approval_next(progress, spec, &env.name, now) {
+        match approval_next(progress, spec, &env.name, &involved, now) {
             ApprovalNext::Approved(detail) => self.pass_step(cx.run, &detail),
             ApprovalNext::Rejected(why) | ApprovalNext::TimedOut(why) => {
                 self.fail_step(cx, env, &why).await
@@ -264,6 +352,30 @@ mod tests {
     }
 
     #[test]
+    fn the_wait_names_only_who_may_still_approve() {
+        let mut p = ApprovalProgress {
+            decisions: vec![decision("Bob", true)],
+            token: "t".into(),
+            deadline_ms: 1_000,
+        };
+        let mut three = spec(2);
+        three.approvers = vec!["alice".into(), "bob".into(), "carol".into()];
+        let involved = ["ALICE".to_string()];
+        let why = waiting_for("prod", &three, &p, &involved);
+        assert_eq!(
+            why,
+            "waiting for approval in prod: 1 of 2 (may approve: carol)"
+        );
+        three.allow_self_approval = true;
+        assert!(
+            waiting_for("prod", &three, &p, &involved).ends_with("(may approve: alice, carol)")
+        );
+        three.allow_self_approval = false;
+        p.decisions.push(decision("carol", true));
+        assert!(waiting_for("prod", &three, &p, &involved).contains("nobody left may"));
+    }
+
+    #[test]
     fn quorum_rejection_and_timeout_decide_in_that_order() {
         let mut p = ApprovalProgress {
             decisions: vec![],
@@ -271,7 +383,7 @@ mod tests {
             deadline_ms: 1_000,
         };
         assert!(matches!(
-            approval_next(&p, &spec(2), "prod", 0),
+            approval_next(&p, &spec(2), "prod", &[], 0),
             ApprovalNext::Wait {
                 until_ms: 1_000,
                 ..
@@ -279,20 +391,20 @@ mod tests {
         ));
         p.decisions.push(decision("bob", true));
         assert!(
-            matches!(approval_next(&p, &spec(2), "prod", 0), ApprovalNext::Wait { ref reason, .. } if reason.contains("1 of 2"))
+            matches!(approval_next(&p, &spec(2), "prod", &[], 0), ApprovalNext::Wait { ref reason, .. } if reason.contains("1 of 2"))
         );
         p.decisions.push(decision("carol", true));
         assert_eq!(
-            approval_next(&p, &spec(2), "prod", 5_000),
+            approval_next(&p, &spec(2), "prod", &[], 5_000),
             ApprovalNext::Approved("approved by 2 of 2".into())
         );
         p.decisions.push(decision("alice", false));
         assert!(
-            matches!(approval_next(&p, &spec(2), "prod", 0), ApprovalNext::Rejected(ref r) if r.contains("alice"))
+            matches!(approval_next(&p, &spec(2), "prod", &[], 0), ApprovalNext::Rejected(ref r) if r.contains("alice"))
         );
         p.decisions.clear();
         assert!(matches!(
-            approval_next(&p, &spec(1), "prod", 1_000),
+            approval_next(&p, &spec(1), "prod", &[], 1_000),
             ApprovalNext::TimedOut(_)
         ));
     }

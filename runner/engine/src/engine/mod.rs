@@ -63,6 +63,7 @@ use crate::metrics::Metrics;
 use crate::model::pipeline_key;
 use crate::report::DeploymentReporter;
 
+pub use approval::PendingApproval;
 pub use cancel::Cancelling;
 pub use deadletter::QueueDeadLetter;
 pub use intake::{Submitted, run_id_for};

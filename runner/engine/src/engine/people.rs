@@ -203,7 +203,13 @@ impl Engine {
         let due_at = if !ask.approve || approvals >= required {
             self.wake_now(&mut run, &mut tx)
         } else {
-            let waiting = waiting_for(ask.environment, approvals, &approvable.spec);
+            let progress = run
+                .stage()
+                .and_then(|s| s.steps.get(approvable.cursor))
+                .and_then(|st| st.approval.clone())
+                .unwrap_or_default();
+            let involved = run.event.involved();
+            let waiting = waiting_for(ask.environment, &approvable.spec, &progress, &involved);
             run.reason = Some(cap(&waiting, bounded::LINE, "reason", ask.run));
             self.due_at(&run)
         };

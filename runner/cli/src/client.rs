@@ -346,11 +346,39 @@ pub async fn runs(server: ServerArgs, command: RunsCommand) -> anyhow::Result<Ex
                 print_json(&run);
             } else {
                 print!("{}", crate::terminal_safe(&timeline(&run)));
+                print_deploys(&client, &run).await;
             }
         }
         RunsCommand::Show { id, watch: true } => return watch_run(&client, &server, &id).await,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints what each of the run's deploys answered (a command's captured
+/// output, masked), from its evidence: the timeline keeps one line.
+async fn print_deploys(client: &Client, run: &Value) {
+    let sha = run["artifact"]["commit_sha"].as_str().unwrap_or("");
+    let Ok(evidence) = client.get(&format!("/api/evidence/{sha}")).await else {
+        return;
+    };
+    let mut header = false;
+    for env in evidence.as_array().cloned().unwrap_or_default() {
+        for entry in env["entries"].as_array().cloned().unwrap_or_default() {
+            if entry["kind"] != "deploy" || entry["run"] != run["id"] {
+                continue;
+            }
+            if !header {
+                say!("  deploys:");
+                header = true;
+            }
+            say!(
+                "    {} {}: {}",
+                text(&env["environment"]),
+                text(&entry["step"]),
+                text(&entry["summary"])
+            );
+        }
+    }
 }
 
 /// Prints a page of runs: created (absolute and relative), pipeline, id,

@@ -36,6 +36,49 @@ pub struct DeployRequest<'a> {
 }
 
 impl DeployRequest<'_> {
+    /// `template` with its placeholders filled in (see
+    /// [`gantry_pipeline::DEPLOY_PLACEHOLDERS`]; `{config.KEY}` from the
+    /// environment's config); other text in braces stays as it is.
+    pub fn expand(&self, template: &str) -> String {
+        let sha = &self.artifact.commit_sha;
+        let values = [
+            ("{sha}", sha.clone()),
+            ("{short_sha}", sha.get(..7).unwrap_or(sha).to_string()),
+            ("{image}", self.artifact.image.clone().unwrap_or_default()),
+            ("{env}", self.environment.to_string()),
+            ("{weight}", self.weight.to_string()),
+            ("{run}", self.run.to_string()),
+            ("{pipeline}", self.pipeline.to_string()),
+        ];
+        let mut out = String::with_capacity(template.len());
+        let mut rest = template;
+        while let Some(open) = rest.find('{') {
+            out.push_str(&rest[..open]);
+            let tail = &rest[open..];
+            let known = values
+                .iter()
+                .find(|(name, _)| tail.starts_with(name))
+                .map(|(name, value)| (name.len(), value.clone()))
+                .or_else(|| {
+                    let key = tail.strip_prefix("{config.")?.split('}').next()?;
+                    let value = self.config.get(key)?;
+                    Some(("{config.}".len() + key.len(), value.clone()))
+                });
+            match known {
+                Some((len, value)) => {
+                    out.push_str(&value);
+                    rest = &tail[len..];
+                }
+                None => {
+                    out.push('{');
+                    rest = &tail[1..];
+                }
+            }
+        }
+        out.push_str(rest);
+        out
+    }
+
     /// Masks the declared secrets' values in what the deploy answers.
     pub fn masker(&self) -> gantry_plugin_api::Masker {
         gantry_plugin_api::Masker::new(self.secrets.iter().map(|(_, value)| value.as_str()))
@@ -63,10 +106,13 @@ impl Deployer for ProcessDeployer {
     async fn deploy(&self, target: &Deploy, request: &DeployRequest<'_>) -> Result<String, String> {
         let limit = target.timeout.0;
         if let Some(url) = &target.http {
-            return post(&self.http, url, limit, request).await;
+            return post(&self.http, &request.expand(url), limit, request).await;
         }
         match &target.command {
-            Some(argv) => command(argv, limit, request).await,
+            Some(argv) => {
+                let argv: Vec<String> = argv.iter().map(|a| request.expand(a)).collect();
+                command(&argv, limit, request).await
+            }
             None => Err("the deploy has neither a command nor a URL".into()),
         }
     }
@@ -133,17 +179,7 @@ async fn command(
         .env("GANTRY_IDEMPOTENCY_KEY", request.idempotency_key)
         .env("GANTRY_ROLLBACK", if request.rollback { "1" } else { "0" });
     for (key, value) in request.config {
-        let name: String = key
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_uppercase()
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        cmd.env(format!("GANTRY_CONFIG_{name}"), value);
+        cmd.env(gantry_pipeline::config_variable(key), value);
     }
     let output = tokio::time::timeout(limit, cmd.output())
         .await
@@ -152,17 +188,74 @@ async fn command(
     let masker = request.masker();
     let tail = |bytes: &[u8]| {
         let text = masker.mask_string(String::from_utf8_lossy(bytes).into_owned());
-        let text = text.trim();
-        let start = text.len().saturating_sub(300);
-        text.get(start..).unwrap_or(text).to_string()
+        last_chars(text.trim(), OUTPUT_KEPT)
     };
+    let said = output_said(&tail(&output.stdout), &tail(&output.stderr));
     if output.status.success() {
-        Ok(format!("`{program}` exited 0"))
+        Ok(format!("`{program}` exited 0{said}"))
     } else {
-        Err(format!(
-            "`{program}` {}: {}",
-            output.status,
-            tail(&output.stderr)
-        ))
+        Err(format!("`{program}` {}{said}", output.status))
+    }
+}
+
+/// The end of a deploy command's output kept, per stream, in characters
+/// (the evidence caps a summary at 2 KB).
+const OUTPUT_KEPT: usize = 800;
+
+/// The last `n` characters of `text`.
+fn last_chars(text: &str, n: usize) -> String {
+    let count = text.chars().count();
+    text.chars().skip(count.saturating_sub(n)).collect()
+}
+
+/// What a command printed, for its summary: `; stdout: …; stderr: …`.
+fn output_said(stdout: &str, stderr: &str) -> String {
+    let mut said = String::new();
+    for (name, text) in [("stdout", stdout), ("stderr", stderr)] {
+        if !text.is_empty() {
+            said.push_str(&format!("; {name}: {text}"));
+        }
+    }
+    said
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_filled_and_other_braces_kept() {
+        let artifact = Artifact {
+            repository: "acme/web".into(),
+            commit_sha: "3f2a9c1d5e7b8a90c1d2e3f405162738495a6b7c".into(),
+            image: Some("ghcr.io/acme/web:3f2a9c1".into()),
+        };
+        let config = BTreeMap::from([("region".to_string(), "eu-west-1".to_string())]);
+        let request = DeployRequest {
+            run: "r1",
+            pipeline: "web",
+            environment: "production",
+            artifact: &artifact,
+            weight: 10,
+            config: &config,
+            idempotency_key: "k",
+            rollback: false,
+            secrets: vec![],
+        };
+        assert_eq!(
+            request.expand("--image={image} --sha {short_sha} {env}/{weight}% {config.region} ${HOME} {config.zone} {"),
+            "--image=ghcr.io/acme/web:3f2a9c1 --sha 3f2a9c1 production/10% eu-west-1 ${HOME} {config.zone} {"
+        );
+        assert_eq!(
+            request.expand("{run}@{pipeline}:{sha}"),
+            format!("r1@web:{}", artifact.commit_sha)
+        );
+    }
+
+    #[test]
+    fn output_is_named_by_stream_and_cut_from_the_front() {
+        assert_eq!(output_said("", ""), "");
+        assert_eq!(output_said("done", "warn"), "; stdout: done; stderr: warn");
+        assert_eq!(last_chars("héllo wörld", 5), "wörld");
     }
 }

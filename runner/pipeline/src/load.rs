@@ -599,11 +599,13 @@ impl Check {
                 ),
             );
         }
+        self.config_variables(&field, env.config.keys());
         let mut steps = Vec::new();
         let mut seen = BTreeSet::new();
         for (i, step) in env.steps.into_iter().enumerate() {
             let field = format!("{field}.steps[{i}]");
             if let Some(step) = self.step(&field, step, plugins, (&env.secrets, base)) {
+                self.deploy_placeholders(&field, &step, &env.config);
                 self.name(&format!("{field}.{}.name", step.kind.name()), &step.name);
                 if !seen.insert(step.name.clone()) {
                     self.problem(
@@ -624,6 +626,54 @@ impl Check {
             url: env.url,
             protected: env.protected,
             steps,
+        }
+    }
+
+    /// Two config keys that would reach a deploy command as one variable.
+    fn config_variables<'k>(&mut self, field: &str, keys: impl Iterator<Item = &'k String>) {
+        let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+        for key in keys {
+            let variable = config_variable(key);
+            match seen.get(&variable) {
+                Some(first) => self.problem(
+                    format!("{field}.config.{key}"),
+                    format!(
+                        "`{key}` and `{first}` both reach a deploy command as {variable}: rename one"
+                    ),
+                ),
+                None => {
+                    seen.insert(variable, key);
+                }
+            }
+        }
+    }
+
+    /// `{config.KEY}` placeholders in a step's deploy name keys of the
+    /// environment's config.
+    fn deploy_placeholders(
+        &mut self,
+        field: &str,
+        step: &Step,
+        config: &BTreeMap<String, ConfigValue>,
+    ) {
+        let (at, deploy) = match &step.kind {
+            StepKind::Deploy(d) => ("deploy", d),
+            StepKind::Canary(c) => ("canary.deploy", &c.deploy),
+            _ => return,
+        };
+        for text in deploy.templates() {
+            for key in config_placeholders(text) {
+                if !config.contains_key(key) {
+                    let keys: Vec<&str> = config.keys().map(String::as_str).collect();
+                    self.problem(
+                        format!("{field}.{at}"),
+                        format!(
+                            "`{{config.{key}}}`: the environment's config has no `{key}` (it has: {})",
+                            if keys.is_empty() { "none".to_string() } else { keys.join(", ") }
+                        ),
+                    );
+                }
+            }
         }
     }
 

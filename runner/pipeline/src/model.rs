@@ -254,6 +254,63 @@ pub struct Deploy {
     pub timeout: Span,
 }
 
+/// The environment variable a deploy command gets config key `key` in:
+/// `GANTRY_CONFIG_` and the key upper-cased, with every character other
+/// than a letter or a digit as `_` (`db-host` → `GANTRY_CONFIG_DB_HOST`).
+pub fn config_variable(key: &str) -> String {
+    let name: String = key
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("GANTRY_CONFIG_{name}")
+}
+
+/// The placeholders a deploy's command arguments and HTTP URL may hold,
+/// besides `{config.KEY}` (a key of the environment's `config`). Any other
+/// text in braces (`${HOME}` in a shell script) is left as it is.
+pub const DEPLOY_PLACEHOLDERS: [&str; 7] = [
+    "{sha}",
+    "{short_sha}",
+    "{image}",
+    "{env}",
+    "{weight}",
+    "{run}",
+    "{pipeline}",
+];
+
+/// The `{config.KEY}` placeholders in `text`: their keys.
+pub fn config_placeholders(text: &str) -> Vec<&str> {
+    let mut keys = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("{config.") {
+        let after = &rest[start + "{config.".len()..];
+        match after.find('}') {
+            Some(end) => {
+                keys.push(&after[..end]);
+                rest = &after[end + 1..];
+            }
+            None => break,
+        }
+    }
+    keys
+}
+
+impl Deploy {
+    /// Every text of the deploy that placeholders are filled in: its
+    /// command's arguments, or its URL.
+    pub fn templates(&self) -> Vec<&str> {
+        let mut texts: Vec<&str> = self.command.iter().flatten().map(String::as_str).collect();
+        texts.extend(self.http.as_deref());
+        texts
+    }
+}
+
 /// A gate.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

@@ -204,7 +204,25 @@ struct File {
     artifact: ArtifactTemplate,
     #[serde(default)]
     plugins: BTreeMap<String, FilePlugin>,
+    #[serde(default)]
+    defaults: Defaults,
     environments: Ordered<FileEnvironment>,
+}
+
+/// What every environment has unless it says otherwise.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Defaults {
+    /// Config keys; an environment's own keys win.
+    #[serde(default)]
+    config: BTreeMap<String, ConfigValue>,
+    /// Secret names every environment declares (besides its own).
+    #[serde(default)]
+    secrets: Vec<String>,
+    #[serde(default)]
+    concurrency: Option<Concurrency>,
+    #[serde(default)]
+    on_failure: Option<OnFailure>,
 }
 
 #[derive(Deserialize)]
@@ -262,15 +280,34 @@ struct FileEnvironment {
     #[serde(default)]
     secrets: Vec<String>,
     #[serde(default)]
-    concurrency: Concurrency,
+    concurrency: Option<Concurrency>,
     #[serde(default)]
-    on_failure: OnFailure,
+    on_failure: Option<OnFailure>,
     #[serde(default)]
     url: Option<String>,
     #[serde(default)]
     protected: bool,
     #[serde(default)]
     steps: Vec<FileStep>,
+}
+
+impl FileEnvironment {
+    /// Takes what `defaults` sets and this environment does not.
+    fn inherit(&mut self, defaults: &Defaults) {
+        for (key, value) in &defaults.config {
+            self.config
+                .entry(key.clone())
+                .or_insert_with(|| value.clone());
+        }
+        let own = std::mem::take(&mut self.secrets);
+        for name in defaults.secrets.iter().chain(&own) {
+            if !self.secrets.contains(name) {
+                self.secrets.push(name.clone());
+            }
+        }
+        self.concurrency = self.concurrency.or(defaults.concurrency);
+        self.on_failure = self.on_failure.or(defaults.on_failure);
+    }
 }
 
 #[derive(Deserialize)]
@@ -435,7 +472,10 @@ impl Check {
             .environments
             .0
             .into_iter()
-            .map(|(name, env)| self.environment(name, env, &names, &plugins, base))
+            .map(|(name, mut env)| {
+                env.inherit(&file.defaults);
+                self.environment(name, env, &names, &plugins, base)
+            })
             .collect();
         self.promotion_cycles(&environments);
         self.totals(&environments);
@@ -621,8 +661,8 @@ impl Check {
             trigger: env.trigger,
             config: env.config.into_iter().map(|(k, v)| (k, v.0)).collect(),
             secrets: env.secrets,
-            concurrency: env.concurrency,
-            on_failure: env.on_failure,
+            concurrency: env.concurrency.unwrap_or_default(),
+            on_failure: env.on_failure.unwrap_or_default(),
             url: env.url,
             protected: env.protected,
             steps,
@@ -1104,4 +1144,51 @@ fn is_env_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_fill_what_an_environment_leaves_out() {
+        let text = "pipeline: web
+repository: acme/web
+defaults:
+  config: { region: eu-west-1, tier: web }
+  secrets: [DEPLOY_KEY]
+  on_failure: stop
+environments:
+  staging:
+    trigger: { push: { branches: [main] } }
+    steps:
+      - deploy: { command: [\"true\"] }
+  production:
+    trigger: { promote_from: staging }
+    config: { region: us-east-1 }
+    secrets: [PROD_KEY, DEPLOY_KEY]
+    on_failure: rollback
+    concurrency: supersede
+    steps:
+      - deploy: { command: [\"true\"] }
+";
+        let pipeline = parse(text, Path::new(".")).expect("valid");
+        let staging = &pipeline.environments[0];
+        assert_eq!(staging.config["region"], "eu-west-1");
+        assert_eq!(staging.secrets, ["DEPLOY_KEY"]);
+        assert_eq!(staging.on_failure, OnFailure::Stop);
+        assert_eq!(staging.concurrency, Concurrency::Queue);
+        let production = &pipeline.environments[1];
+        assert_eq!(production.config["region"], "us-east-1");
+        assert_eq!(production.config["tier"], "web");
+        assert_eq!(production.secrets, ["DEPLOY_KEY", "PROD_KEY"]);
+        assert_eq!(production.on_failure, OnFailure::Rollback);
+        assert_eq!(production.concurrency, Concurrency::Supersede);
+        let bad = text.replace("  on_failure: stop\n", "  timeout: 5m\n");
+        let problems = parse(&bad, Path::new(".")).expect_err("unknown key");
+        assert!(
+            problems[0].message.contains("unknown field `timeout`"),
+            "{problems:?}"
+        );
+    }
 }

@@ -455,7 +455,7 @@ async fn watch_run(client: &Client, server: &ServerArgs, id: &str) -> anyhow::Re
     }
 }
 
-fn short(sha: &str) -> &str {
+pub(crate) fn short(sha: &str) -> &str {
     sha.get(..7).unwrap_or(sha)
 }
 
@@ -1123,7 +1123,7 @@ pub async fn audit(server: ServerArgs, args: AuditArgs) -> anyhow::Result<ExitCo
 }
 
 /// A JSON value as text: strings without their quotes, `-` for null.
-fn text(value: &Value) -> String {
+pub(crate) fn text(value: &Value) -> String {
     match value {
         Value::String(s) => s.clone(),
         Value::Null => "-".into(),

@@ -10,7 +10,7 @@ use chrono::{DateTime, SecondsFormat};
 use clap::Subcommand;
 use serde_json::{Value, json};
 
-use crate::client::{Client, ServerArgs, print_json};
+use crate::client::{Client, ServerArgs, print_json, text};
 
 /// `gantry envs` subcommands.
 #[derive(Subcommand)]
@@ -105,9 +105,8 @@ fn change(c: &Value) -> Value {
     })
 }
 
-fn short(sha: &Value) -> String {
-    let sha = sha.as_str().unwrap_or("-");
-    sha.get(..7).unwrap_or(sha).to_string()
+fn short(sha: &Value) -> &str {
+    crate::client::short(sha.as_str().unwrap_or("-"))
 }
 
 /// `gantry envs [--pipeline P]` and `gantry envs history ENV`.
@@ -240,14 +239,6 @@ fn when(at: &Value) -> String {
         .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
         .and_then(|t| u64::try_from(t.timestamp_millis()).ok())
         .map_or_else(|| "-".into(), shown)
-}
-
-fn text(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
 }
 
 #[cfg(test)]

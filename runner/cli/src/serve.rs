@@ -248,16 +248,7 @@ pub fn validate(args: ValidateArgs) -> ExitCode {
                     p.environments.len(),
                     p.plugins.len()
                 );
-                for w in gantry_pipeline::warnings(file, &p) {
-                    eprintln!(
-                        "{}:{}:{}: warning: {}: {}",
-                        file.display(),
-                        w.line,
-                        w.column,
-                        w.field,
-                        w.message
-                    );
-                }
+                print_warnings(file, &p);
                 loaded.push((file.clone(), p));
             }
             Err(e) => {
@@ -274,6 +265,21 @@ pub fn validate(args: ValidateArgs) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    }
+}
+
+/// Prints what may fail at run time in pipeline file `file` (`pipeline`
+/// loaded from it), each with its place.
+fn print_warnings(file: &Path, pipeline: &Pipeline) {
+    for w in gantry_pipeline::warnings(file, pipeline) {
+        eprintln!(
+            "{}:{}:{}: warning: {}: {}",
+            file.display(),
+            w.line,
+            w.column,
+            w.field,
+            w.message
+        );
     }
 }
 
@@ -361,16 +367,7 @@ async fn open(
     for file in &args.config {
         match gantry_pipeline::load(file) {
             Ok(p) => {
-                for w in gantry_pipeline::warnings(file, &p) {
-                    eprintln!(
-                        "{}:{}:{}: warning: {}: {}",
-                        file.display(),
-                        w.line,
-                        w.column,
-                        w.field,
-                        w.message
-                    );
-                }
+                print_warnings(file, &p);
                 loaded.push((file.clone(), p));
             }
             Err(e) => {

@@ -23,13 +23,7 @@ async fn merged_and_approved(h: &Harness, sha: &str) -> String {
     let (status, sub) = h.submit(merge(sha, "alice")).await;
     assert_eq!(status, 202, "{sub}");
     let run = sub["run"].as_str().expect("run").to_string();
-    h.wait_run(&run, "waiting for approval", |r| {
-        r["reason"]
-            .as_str()
-            .unwrap_or("")
-            .contains("waiting for approval")
-    })
-    .await;
+    h.wait_for_approval(&run).await;
     let decision =
         json!({"environment": "production", "user": "bob", "approve": true, "reason": "soak test"});
     let (status, answer) = h

@@ -89,13 +89,7 @@ async fn a_waiting_run_stops_at_once_and_frees_production() {
 
     let (_, sub) = h.submit(merge(GOOD, "alice")).await;
     let run = sub["run"].as_str().expect("run").to_string();
-    h.wait_run(&run, "waiting for approval", |r| {
-        r["reason"]
-            .as_str()
-            .unwrap_or("")
-            .contains("waiting for approval")
-    })
-    .await;
+    h.wait_for_approval(&run).await;
 
     let (status, refused) = cancel(&h, &viewer, &run, "no").await;
     assert_eq!(status, 403, "{refused}");
@@ -141,13 +135,7 @@ async fn a_waiting_run_stops_at_once_and_frees_production() {
     let next = "1111111aaaaaaa2222222bbbbbbb333333344444";
     let (_, sub) = h.submit(merge(next, "erin")).await;
     let id = sub["run"].as_str().expect("run").to_string();
-    h.wait_run(&id, "waiting for approval", |r| {
-        r["reason"]
-            .as_str()
-            .unwrap_or("")
-            .contains("waiting for approval")
-    })
-    .await;
+    h.wait_for_approval(&id).await;
     let decide =
         json!({"environment": "production", "user": "bob", "approve": true, "reason": "ok"});
     let (status, _) = h
@@ -230,13 +218,7 @@ async fn a_run_whose_environment_was_renamed_away_can_still_be_cancelled() {
     h.start(&[]);
     let (_, sub) = h.submit(merge(GOOD, "alice")).await;
     let run = sub["run"].as_str().expect("run").to_string();
-    h.wait_run(&run, "waiting for approval", |r| {
-        r["reason"]
-            .as_str()
-            .unwrap_or("")
-            .contains("waiting for approval")
-    })
-    .await;
+    h.wait_for_approval(&run).await;
     // Its logs so far went to a pipe: no colour codes in them.
     let logs = h
         .server()

@@ -432,14 +432,7 @@ async fn approvals_list_what_waits_for_each_person_and_approve_takes_a_sha() {
     h.start(&[]);
     let (_, sub) = h.submit(merge(GOOD, "alice")).await;
     let run = sub["run"].as_str().expect("run").to_string();
-    let waiting = h
-        .wait_run(&run, "waiting for approval", |r| {
-            r["reason"]
-                .as_str()
-                .unwrap_or("")
-                .contains("waiting for approval")
-        })
-        .await;
+    let waiting = h.wait_for_approval(&run).await;
     // The wait names only those who may approve: not alice, who wrote it.
     assert_eq!(
         waiting["reason"],

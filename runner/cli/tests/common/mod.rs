@@ -275,6 +275,17 @@ impl Harness {
         }
     }
 
+    /// Polls until run `id` waits at an approval step; returns it.
+    pub async fn wait_for_approval(&self, id: &str) -> Value {
+        self.wait_run(id, "waiting for approval", |r| {
+            r["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("waiting for approval")
+        })
+        .await
+    }
+
     /// Polls until run `id` has status `want`.
     pub async fn wait_status(&self, id: &str, want: &str) -> Value {
         self.wait_run(id, want, |r| r["status"] == want).await

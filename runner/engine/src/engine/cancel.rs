@@ -13,7 +13,6 @@ use serde::{Deserialize, Serialize};
 
 use super::advance::Cx;
 use super::checkpoint::Tx;
-use super::intake::body;
 use super::machine::{after_end, stage};
 use super::people::{commit, retrying};
 use super::schedule::{Next, run_write};
@@ -239,18 +238,8 @@ impl Engine {
         if state.holder.is_some() || state.held.is_some() {
             return Ok(());
         }
-        let next = self
-            .waiters(&pipeline, &env.name, 2)
-            .await?
-            .into_iter()
-            .find(|(_, waiter, _)| waiter.run != id);
-        if let Some((_, waiter, _)) = next {
-            cx.tx
-                .send(gantry_store::Outgoing::now(body(Message::Advance {
-                    run: waiter.run,
-                    wake: waiter.wake,
-                })));
-        }
+        self.wake_first_waiter(cx.tx, &pipeline, &env.name, Some(&id))
+            .await?;
         Ok(())
     }
 }

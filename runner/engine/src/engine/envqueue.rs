@@ -225,19 +225,28 @@ impl Engine {
         }
         state.holder = None;
         if state.held.is_none() {
-            self.wake_first_waiter(cx.tx, &pipeline, &env.name).await?;
+            self.wake_first_waiter(cx.tx, &pipeline, &env.name, None)
+                .await?;
         }
         Ok(())
     }
 
-    /// Sends the first run queued for an environment its `Advance`.
+    /// Sends the first run queued for an environment, other than `except`
+    /// (a run leaving the queue), its `Advance`.
     pub(super) async fn wake_first_waiter(
         &self,
         tx: &mut Tx,
         pipeline: &str,
         env: &str,
+        except: Option<&str>,
     ) -> Result<(), Error> {
-        if let Some((_, waiter, _)) = self.waiters(pipeline, env, 1).await?.pop() {
+        let limit = 1 + usize::from(except.is_some());
+        let first = self
+            .waiters(pipeline, env, limit)
+            .await?
+            .into_iter()
+            .find(|(_, waiter, _)| except != Some(waiter.run.as_str()));
+        if let Some((_, waiter, _)) = first {
             tx.send(Outgoing::now(body(Message::Advance {
                 run: waiter.run,
                 wake: waiter.wake,

@@ -247,7 +247,7 @@ impl Engine {
             };
             let artifact = state.current.as_ref().map(|d| d.artifact.clone());
             if state.holder.is_none() {
-                self.wake_first_waiter(&mut tx, &pipeline.name, environment)
+                self.wake_first_waiter(&mut tx, &pipeline.name, environment, None)
                     .await?;
             }
             let change = EnvChange {

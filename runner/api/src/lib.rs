@@ -9,6 +9,9 @@
 //! | `GET /api/runs/{id}/backup?environment=` | the backup the run took before it migrated the environment's database: file, size, sha256, when, the database secret's name |
 //! | `POST /api/runs/{id}/restore` | `{"environment"}`: restore that backup into the environment's database, all or nothing (admin) |
 //! | `POST /api/runs/{id}/decisions` | `{"environment","approve","reason","user"?,"token"?}`: the caller's decision |
+//! | `POST /api/runs/{id}/retry` | `{"reason"?}`: a failed, rolled-back or cancelled run again, as a new run, from where it stopped (the same request again answers with the same run) |
+//! | `POST /api/promotions` | `{"sha","environment","pipeline"?,"reason"?,"request"?}`: a run of a known artifact through that environment alone; 409 without complete evidence from the environment it promotes from |
+//! | `POST /api/environments/{env}/rollback` | `{"reason","to"?,"pipeline"?,"request"?}`: a run that restores the previous artifact (or `to`, one that passed there) and holds the environment |
 //! | `GET /api/evidence/{sha}` | the evidence ledger of a commit |
 //! | `GET /api/environments` | environment state: current, previous, holder, held |
 //! | `POST /api/environments/{env}/release` | `{"pipeline"?}`: clear a hold |
@@ -27,6 +30,7 @@
 //! ([`guard`]); `/metrics` is open with `public_metrics`.
 
 mod guard;
+mod manual;
 pub mod server;
 
 use std::sync::Arc;
@@ -115,6 +119,9 @@ pub fn app(engine: Arc<Engine>, access: Arc<Access>) -> Router {
         .route("/api/runs/{id}", get(run))
         .route("/api/runs/{id}/decisions", post(decide))
         .route("/api/runs/{id}/cancel", post(cancel))
+        .route("/api/runs/{id}/retry", post(manual::retry))
+        .route("/api/promotions", post(manual::promote))
+        .route("/api/environments/{env}/rollback", post(manual::rollback))
         .route("/api/approvals", get(approvals))
         .route("/api/runs/{id}/backup", get(backup))
         .route("/api/runs/{id}/restore", post(restore))

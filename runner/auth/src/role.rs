@@ -81,6 +81,12 @@ pub enum Action<'a> {
         /// The environment, as for [`Action::Decide`].
         environment: Option<&'a str>,
     },
+    /// Starts a run in an environment by hand: a retry, a promotion or a
+    /// rollback.
+    Start {
+        /// The environment, as for [`Action::Decide`].
+        environment: Option<&'a str>,
+    },
     /// Restores an environment's database from a run's backup.
     Restore {
         /// The environment, as for [`Action::Decide`].
@@ -94,9 +100,11 @@ impl Action<'_> {
         match self {
             Action::Read => Role::Viewer,
             Action::Decide { .. } => Role::Approver,
-            Action::Release { .. } | Action::Cancel { .. } | Action::Submit | Action::Redrive => {
-                Role::Operator
-            }
+            Action::Release { .. }
+            | Action::Cancel { .. }
+            | Action::Start { .. }
+            | Action::Submit
+            | Action::Redrive => Role::Operator,
             Action::Administer | Action::Restore { .. } => Role::Admin,
         }
     }
@@ -107,6 +115,7 @@ impl Action<'_> {
             Action::Decide { environment }
             | Action::Release { environment }
             | Action::Cancel { environment }
+            | Action::Start { environment }
             | Action::Restore { environment } => *environment,
             _ => None,
         }
@@ -125,6 +134,10 @@ impl Action<'_> {
             Action::Cancel { environment } => {
                 format!("cancel runs in {}", environment.unwrap_or("an environment"))
             }
+            Action::Start { environment } => format!(
+                "retry, promote or roll back in {}",
+                environment.unwrap_or("an environment")
+            ),
             Action::Submit => "submit events".into(),
             Action::Redrive => "re-drive dead letters".into(),
             Action::Administer => "administer tokens and the audit log".into(),

@@ -238,7 +238,7 @@ impl Client {
         self.call(reqwest::Method::GET, path, None).await
     }
 
-    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+    pub(crate) async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         self.call(reqwest::Method::POST, path, Some(body)).await
     }
 
@@ -474,10 +474,21 @@ fn took(start: &Value, end: &Value) -> String {
 fn timeline(run: &Value) -> String {
     let mut out = String::new();
     let event = &run["event"];
-    let origin = match event["kind"].as_str() {
-        Some("push") => format!("push to {}", event["branch"].as_str().unwrap_or("?")),
-        Some("merge") => format!("merge into {}", event["base"].as_str().unwrap_or("?")),
+    let by = text(&run["origin"]["by"]);
+    let origin = match (run["origin"]["action"].as_str(), event["kind"].as_str()) {
+        (Some("retry"), _) => format!(
+            "retry of {} by {by}",
+            run["origin"]["retry_of"].as_str().unwrap_or("?")
+        ),
+        (Some("promote"), _) => format!("promoted by {by}"),
+        (Some("rollback"), _) => format!("rollback by {by}"),
+        (_, Some("push")) => format!("push to {}", event["branch"].as_str().unwrap_or("?")),
+        (_, Some("merge")) => format!("merge into {}", event["base"].as_str().unwrap_or("?")),
         _ => "event".to_string(),
+    };
+    let origin = match run["origin"]["reason"].as_str() {
+        Some(reason) => format!("{origin}: {reason}"),
+        None => origin,
     };
     out.push_str(&format!(
         "run {}  {} {}  ({origin})\n",
@@ -554,7 +565,10 @@ pub async fn decide(
     let (run, environment) = decision_target(&client, &args).await?;
     let reason = match args.reason.clone() {
         Some(reason) => reason,
-        None => ask_reason(if approve { "approve" } else { "reject" }, &run)?,
+        None => ask_reason(&format!(
+            "why {} run {run}?",
+            if approve { "approve" } else { "reject" }
+        ))?,
     };
     let answer = client
         .post(
@@ -624,12 +638,12 @@ async fn decision_target(client: &Client, args: &DecideArgs) -> anyhow::Result<(
 }
 
 /// Asks for a decision's reason on the terminal; refuses without one.
-fn ask_reason(verb: &str, run: &str) -> anyhow::Result<String> {
+pub(crate) fn ask_reason(question: &str) -> anyhow::Result<String> {
     use std::io::{BufRead, IsTerminal, Write};
     if !std::io::stdin().is_terminal() {
         bail!("--reason is required (it is asked for only on a terminal)");
     }
-    eprint!("why {verb} run {run}? ");
+    eprint!("{question} ");
     std::io::stderr().flush().ok();
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line)?;

@@ -3,6 +3,7 @@
 mod backend;
 #[macro_use]
 mod client;
+mod act;
 mod db;
 mod envs;
 mod plugin;
@@ -129,6 +130,33 @@ enum Command {
         #[arg(long)]
         reason: String,
     },
+    /// Start a failed, rolled-back or cancelled run again, as a new run
+    /// linked to it, for the same artifact, from the environment where it
+    /// stopped.
+    Retry {
+        #[command(flatten)]
+        server: client::ServerArgs,
+        #[command(flatten)]
+        args: act::RetryArgs,
+    },
+    /// Send an artifact through one environment's own steps and approvals,
+    /// without deploying anything upstream again; refused unless it passed
+    /// the environment that one promotes from.
+    Promote {
+        #[command(flatten)]
+        server: client::ServerArgs,
+        #[command(flatten)]
+        args: act::PromoteArgs,
+    },
+    /// Redeploy an environment's previous artifact (or `--to` one that
+    /// passed there) through its deploy steps, then hold the environment;
+    /// records who and why.
+    Rollback {
+        #[command(flatten)]
+        server: client::ServerArgs,
+        #[command(flatten)]
+        args: act::RollbackArgs,
+    },
     /// Dead-lettered messages.
     Dlq {
         #[command(flatten)]
@@ -218,6 +246,9 @@ fn main() -> std::process::ExitCode {
                 run,
                 reason,
             } => client::cancel(server, run, reason).await,
+            Command::Retry { server, args } => act::retry(server, args).await,
+            Command::Promote { server, args } => act::promote(server, args).await,
+            Command::Rollback { server, args } => act::rollback(server, args).await,
             Command::Dlq { server, command } => client::dlq(server, command).await,
             Command::Token { server, command } => client::token(server, command).await,
             Command::Audit { server, args } => client::audit(server, args).await,

@@ -60,18 +60,6 @@ async fn cancel(h: &Harness, token: &str, run: &str, reason: &str) -> (u16, Valu
     )
 }
 
-async fn token(h: &Harness, user: &str, role: &str) -> String {
-    let (status, issued) = h
-        .api(
-            Method::POST,
-            "/api/tokens",
-            Some(json!({"user": user, "role": role})),
-        )
-        .await;
-    assert_eq!(status, 201, "{issued}");
-    issued["token"].as_str().expect("token").to_string()
-}
-
 fn entries(evidence: &Value, env: &str) -> Vec<Value> {
     evidence
         .as_array()
@@ -84,8 +72,8 @@ fn entries(evidence: &Value, env: &str) -> Vec<Value> {
 async fn a_waiting_run_stops_at_once_and_frees_production() {
     let mut h = Harness::new(|t| t).await;
     h.start(&[]);
-    let operator = token(&h, "Olivia", "operator").await;
-    let viewer = token(&h, "victor", "viewer").await;
+    let operator = h.token("Olivia", "operator").await;
+    let viewer = h.token("victor", "viewer").await;
 
     let (_, sub) = h.submit(merge(GOOD, "alice")).await;
     let run = sub["run"].as_str().expect("run").to_string();

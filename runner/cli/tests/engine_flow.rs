@@ -409,23 +409,6 @@ async fn a_gate_that_always_traps_is_dead_lettered_while_other_runs_flow_and_can
     assert_eq!(again[0]["run"], poisoned.as_str());
 }
 
-/// `gantry ARGS` as the holder of `token`: (exit code, stdout, stderr).
-fn cli_as(h: &Harness, token: &str, args: &[&str]) -> (Option<i32>, String, String) {
-    let base = &h.server.as_ref().expect("server").base;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
-        .args(args)
-        .env("GANTRY_SERVER", base)
-        .env("GANTRY_TOKEN", token)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run gantry");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approvals_list_what_waits_for_each_person_and_approve_takes_a_sha() {
     let mut h = Harness::new(|t| t).await;

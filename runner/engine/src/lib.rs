@@ -25,8 +25,8 @@ pub mod worker;
 pub use crash::{CrashPoint, CrashPoints};
 pub use deploy::{DeployRequest, Deployer, ProcessDeployer};
 pub use engine::{
-    Cancelling, Counts, Decided, Engine, EngineConfig, PendingApproval, QueueDeadLetter, Released,
-    Restored, RunBackup, RunFilter, RunPage, Submitted, Swept, run_id_for,
+    Asked, Cancelling, Counts, Decided, Engine, EngineConfig, PendingApproval, QueueDeadLetter,
+    Released, Restored, RunBackup, RunFilter, RunPage, Submitted, Swept, run_id_for,
 };
 pub use error::{Error, Refusal};
 pub use metrics::{Metrics, Snapshot};

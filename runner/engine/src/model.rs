@@ -462,6 +462,39 @@ pub struct Run {
     /// A person asked to stop it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel: Option<CancelRequest>,
+    /// A person started it (`gantry retry`, `promote`, `rollback`) rather
+    /// than an event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
+}
+
+/// What a person asked for when they started a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ManualAction {
+    /// A failed, rolled-back or cancelled run again, from where it stopped.
+    Retry,
+    /// A known artifact into one environment, through its own steps.
+    Promote,
+    /// An environment back to an artifact that passed there, then held.
+    Rollback,
+}
+
+/// Who started a run by hand, how and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// What they asked for.
+    pub action: ManualAction,
+    /// Who.
+    pub by: String,
+    /// Why, when they said.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// For a retry: the run it starts again.
+    #[serde(default)]
+    pub retry_of: Option<String>,
+    /// When, Unix ms.
+    pub at_ms: u64,
 }
 
 /// A person's request to stop a run, honoured at its next safe point.
@@ -482,6 +515,15 @@ pub struct CancelRequest {
 }
 
 impl Run {
+    /// Whether it is a manual rollback: its artifact is restored into its
+    /// one environment by that environment's deploy steps, which is then
+    /// held.
+    pub fn restores(&self) -> bool {
+        self.origin
+            .as_ref()
+            .is_some_and(|o| o.action == ManualAction::Rollback)
+    }
+
     /// Whether nothing is left to do: terminal and every delivery made.
     pub fn is_done(&self) -> bool {
         self.status.is_terminal() && !self.has_deliveries()

@@ -337,10 +337,37 @@ impl Harness {
         (status, response.text().await.unwrap_or_default())
     }
 
+    /// A new token for `user` with `role`, issued by the admin.
+    pub async fn token(&self, user: &str, role: &str) -> String {
+        let body = json!({"user": user, "role": role});
+        let (status, issued) = self
+            .api(reqwest::Method::POST, "/api/tokens", Some(body))
+            .await;
+        assert_eq!(status, 201, "{issued}");
+        issued["token"].as_str().expect("token").to_string()
+    }
+
     /// The toy app of `env`.
     pub fn app(&self, env: &str) -> gantry_toy_app::AppState {
         self.apps[env].1.lock().expect("toy state").clone()
     }
+}
+
+/// `gantry ARGS` as the holder of `token`: (exit code, stdout, stderr).
+pub fn cli_as(h: &Harness, token: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let base = &h.server.as_ref().expect("server").base;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(args)
+        .env("GANTRY_SERVER", base)
+        .env("GANTRY_TOKEN", token)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run gantry");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
 }
 
 pub fn push(sha: &str, author: &str) -> Value {

@@ -23,6 +23,10 @@ use crate::model::*;
 /// superseded by the next look.
 const SUPERSEDE_BATCH: usize = 20;
 
+/// How often a manual rollback looks again at an environment another run
+/// deploys to.
+const RESTORE_RECHECK_MS: u64 = 5_000;
+
 impl Engine {
     /// This process's lock on environment item `key`. Many runs contend for
     /// one environment item; without it, handlers in this process would
@@ -99,7 +103,20 @@ impl Engine {
         let ticket = stage(cx.run)?.ticket;
         let state = self.env(cx.tx, &pipeline, &env.name).await?;
         let busy = state.holder.as_ref().is_some_and(|h| *h != id);
-        if busy || state.held.is_some() {
+        // A manual rollback goes in whatever holds the environment, and does
+        // not queue behind the runs the hold keeps out (it would never be
+        // woken): it looks again shortly while another run deploys.
+        if cx.run.restores() && busy {
+            let holder = state.holder.clone().unwrap_or_default();
+            return Ok(Next::Park {
+                until_ms: self.now() + RESTORE_RECHECK_MS,
+                reason: format!(
+                    "waiting for run {holder} to finish in {} (or `gantry cancel {holder}`)",
+                    env.name
+                ),
+            });
+        }
+        if busy || (state.held.is_some() && !cx.run.restores()) {
             let (held, holder) = (state.held.clone(), state.holder.clone());
             // A run woken earlier keeps its ticket, so it stays at the front.
             let ticket = ticket.unwrap_or_else(|| {

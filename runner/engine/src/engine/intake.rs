@@ -116,8 +116,14 @@ impl Engine {
             .check()
             .map_err(|e| Refusal::Invalid(format!("malformed event: {e}")))?;
         let (pipeline, environments) = self.route(&event).map_err(Refusal::NotRouted)?;
-        self.publish().await?;
         let run = self.new_run(delivery, event, &pipeline, &environments);
+        self.create(run).await
+    }
+
+    /// Writes `run` and enqueues its first `Advance`, durably, unless a run
+    /// of the same delivery was accepted before.
+    pub(super) async fn create(&self, run: Run) -> Result<Submitted, Refusal> {
+        self.publish().await?;
         let id = run.id.clone();
         let checkpoint = Checkpoint {
             writes: vec![
@@ -147,13 +153,13 @@ impl Engine {
         };
         let duplicate = self.accept(checkpoint).await?;
         if !duplicate {
-            tracing::info!(run = %id, delivery, "checkpoint: run created");
+            tracing::info!(run = %id, delivery = %run.delivery, "checkpoint: run created");
         }
         Ok(Submitted {
-            delivery: delivery.to_string(),
+            delivery: run.delivery.clone(),
             run: id,
             duplicate,
-            environments,
+            environments: run.stages.iter().map(|s| s.environment.clone()).collect(),
         })
     }
 
@@ -218,7 +224,7 @@ impl Engine {
     }
 
     /// A new run of `event` through `environments` of `pipeline`.
-    fn new_run(
+    pub(super) fn new_run(
         &self,
         delivery: &str,
         event: SourceEvent,
@@ -263,6 +269,7 @@ impl Engine {
             updated_ms: now,
             finished_ms: None,
             cancel: None,
+            origin: None,
         }
     }
 

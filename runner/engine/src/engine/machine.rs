@@ -65,9 +65,11 @@ impl Engine {
         if let Some(request) = self.cancel_due(cx) {
             return Ok(("cancel", self.conclude_cancel(cx, env, &request).await?));
         }
+        let restores = cx.run.restores();
         match stage(cx.run)?.status {
             StageStatus::Pending => Ok(("enter", self.enter(cx, env).await?)),
             StageStatus::Queued => Ok(("lock", self.acquire(cx, env).await?)),
+            StageStatus::Running if restores => Ok(("restore", self.begin_restore(cx, env).await?)),
             StageStatus::Running => self.step(cx, env).await,
             StageStatus::Failing => Ok(("fail", self.conclude_failure(cx, env).await?)),
             StageStatus::RollingBack => Ok(("rollback", self.roll_back(cx, env).await?)),
@@ -83,7 +85,13 @@ impl Engine {
     async fn enter(&self, cx: &mut Cx<'_>, env: &Environment) -> Result<Next, Error> {
         let sha = cx.run.artifact.commit_sha.clone();
         self.summary(cx, &sha, &env.name).await?.latest_run = Some(cx.run.id.clone());
-        if let Some(from) = &env.trigger.promote_from {
+        // A manual rollback restores an artifact that passed here before.
+        if let Some(from) = env
+            .trigger
+            .promote_from
+            .as_ref()
+            .filter(|_| !cx.run.restores())
+        {
             let complete = self.summary(cx, &sha, from).await?.complete;
             if !complete {
                 let reason = format!(

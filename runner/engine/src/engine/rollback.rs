@@ -15,7 +15,8 @@ use super::{Engine, short};
 use crate::bounded::{self, cap};
 use crate::error::Error;
 use crate::model::{
-    DeploymentState, EnvChange, Hold, Rollback, RollbackAction, RunStatus, Stage, StageStatus,
+    Deployed, DeploymentState, EnvChange, Hold, Rollback, RollbackAction, RunStatus, Stage,
+    StageStatus,
 };
 
 /// What a rollback does next.
@@ -189,6 +190,7 @@ impl Engine {
             .clone()
             .unwrap_or_else(|| "a step failed".into());
         let to = stage(cx.run)?.rollback.as_ref().and_then(|r| r.to.clone());
+        let restores = cx.run.restores();
         let (status, summary) = match &to {
             Some(artifact) => (
                 RunStatus::RolledBack,
@@ -216,19 +218,30 @@ impl Engine {
         if state.holder.as_deref() == Some(id.as_str()) {
             state.holder = None;
         }
+        // A manual rollback's artifact is what the environment runs now.
+        if let (true, Some(artifact)) = (restores, &to) {
+            state.previous = state.current.take();
+            state.current = Some(Deployed {
+                artifact: artifact.clone(),
+                run: id.clone(),
+                at_ms: now,
+                deployment_id: stage(cx.run)?.deployment_id,
+            });
+        }
         let held = format!("{} held: {summary}", env.name);
-        self.record(cx, &env.name, "-", "hold", &held, vec![], None);
+        let by = cx.run.origin.as_ref().map(|o| o.by.clone());
+        self.record(cx, &env.name, "-", "hold", &held, vec![], by.clone());
         let change = EnvChange {
             at_ms: now,
             change: "rolled_back".into(),
             artifact: Some(cx.run.artifact.clone()),
             run: Some(id.clone()),
-            by: None,
+            by,
             summary: held.clone(),
         };
         let pipeline = cx.run.pipeline.clone();
         self.record_change(cx.tx, &pipeline, &env.name, change);
-        if to.is_some() {
+        if to.is_some() && !restores {
             self.decide_verdict(cx, &env.name, "rollback", &summary)
                 .await?;
         }
@@ -237,7 +250,12 @@ impl Engine {
         } else {
             StageStatus::Failed
         };
-        self.report(cx.run, DeploymentState::Failure, &summary, None);
+        let reported = if restores {
+            DeploymentState::Success
+        } else {
+            DeploymentState::Failure
+        };
+        self.report(cx.run, reported, &summary, None);
         self.end_run(cx.run, status, &summary);
         let event = if status == RunStatus::RolledBack {
             NotifyEvent::RolledBack

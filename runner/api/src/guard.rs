@@ -44,7 +44,7 @@ pub(crate) struct RefusedWith(pub String);
 pub fn action_of(method: &Method, route: &str) -> Option<Action<'static>> {
     let action = match (method.as_str(), route) {
         ("GET", "/api/tokens" | "/api/audit" | "/api/audit/verify") => Action::Administer,
-        ("POST", "/api/tokens" | "/api/tokens/{id}/revoke") => Action::Administer,
+        ("POST", "/api/tokens" | "/api/tokens/{id}/revoke" | "/api/reload") => Action::Administer,
         ("GET", "/metrics" | "/api/runs" | "/api/runs/{id}" | "/api/evidence/{sha}") => {
             Action::Read
         }

@@ -23,6 +23,7 @@
 //! | `POST /api/tokens/{id}/revoke` | revoke a token |
 //! | `GET /api/audit?since_ms=&limit=&before=` | `{"records": [...], "next"}`, newest first |
 //! | `GET /api/audit/verify` | `{"records": N}` or 409 naming the first broken record |
+//! | `POST /api/reload` | re-read the pipeline files and swap them in for new runs: `{"pipelines": [{"pipeline","change","version"}]}`, or 422 with every error and the running definitions kept (admin) |
 //! | `GET /healthz` | `ok`, or `degraded` with the runs needing attention and dead letters; open |
 //! | `GET /metrics` | Prometheus text |
 //!
@@ -64,7 +65,14 @@ impl IntoResponse for AppError {
 pub(crate) struct AppState {
     engine: Arc<Engine>,
     access: Arc<Access>,
+    reload: Option<ReloadRequests>,
 }
+
+/// Where `POST /api/reload` asks the process to re-read its pipeline
+/// files; each request carries where its answer goes: what changed, or
+/// every error found (nothing swapped in then).
+pub type ReloadRequests =
+    tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<Value, String>>>;
 
 /// `response` with what the audit log should say it did.
 fn audited(response: impl IntoResponse, audited: Audited) -> Response {
@@ -109,9 +117,14 @@ fn unavailable(e: impl std::fmt::Display) -> AppError {
     AppError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
 }
 
-/// The router over `engine`, guarded by `access`.
-pub fn app(engine: Arc<Engine>, access: Arc<Access>) -> Router {
-    let state = AppState { engine, access };
+/// The router over `engine`, guarded by `access`; `reload` takes
+/// `POST /api/reload`.
+pub fn app(engine: Arc<Engine>, access: Arc<Access>, reload: Option<ReloadRequests>) -> Router {
+    let state = AppState {
+        engine,
+        access,
+        reload,
+    };
     let guarded = Router::new()
         .route("/metrics", get(metrics))
         .route("/api/events", post(submit))
@@ -136,6 +149,7 @@ pub fn app(engine: Arc<Engine>, access: Arc<Access>) -> Router {
         .route("/api/tokens/{id}/revoke", post(revoke_token))
         .route("/api/audit", get(audit))
         .route("/api/audit/verify", get(audit_verify))
+        .route("/api/reload", post(reload_pipelines))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             guard::guard,
@@ -144,6 +158,31 @@ pub fn app(engine: Arc<Engine>, access: Arc<Access>) -> Router {
         .route("/healthz", get(healthz))
         .merge(guarded)
         .with_state(state)
+}
+
+/// Re-reads the pipeline files (through the process's reloader).
+async fn reload_pipelines(State(state): State<AppState>) -> Result<Response, AppError> {
+    let gone = || {
+        AppError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this process does not reload".into(),
+        )
+    };
+    let requests = state.reload.ok_or_else(gone)?;
+    let (answer, result) = tokio::sync::oneshot::channel();
+    requests.send(answer).await.map_err(|_| gone())?;
+    let reloaded = result.await.map_err(|_| gone())?;
+    let note = Audited {
+        action: "reload the pipeline files".into(),
+        ..Audited::default()
+    };
+    match reloaded {
+        Ok(changes) => Ok(audited(Json(changes), note)),
+        Err(errors) => Ok(audited(
+            AppError(StatusCode::UNPROCESSABLE_ENTITY, errors),
+            note,
+        )),
+    }
 }
 
 async fn healthz(State(state): State<AppState>) -> Result<Json<Value>, AppError> {
@@ -297,7 +336,7 @@ struct DecideBody {
 }
 
 async fn decide(
-    State(AppState { engine, access }): State<AppState>,
+    State(AppState { engine, access, .. }): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     body: axum::body::Bytes,

@@ -8,6 +8,7 @@ mod db;
 mod envs;
 mod plugin;
 mod project;
+mod reload;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -157,6 +158,13 @@ enum Command {
         #[command(flatten)]
         args: act::RollbackArgs,
     },
+    /// Re-read the server's pipeline files and use them for new runs
+    /// (runs under way keep theirs); a broken file is refused with its
+    /// errors and nothing changes. SIGHUP does the same.
+    Reload {
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
     /// Dead-lettered messages.
     Dlq {
         #[command(flatten)]
@@ -249,6 +257,7 @@ fn main() -> std::process::ExitCode {
             Command::Retry { server, args } => act::retry(server, args).await,
             Command::Promote { server, args } => act::promote(server, args).await,
             Command::Rollback { server, args } => act::rollback(server, args).await,
+            Command::Reload { server } => reload::command(server).await,
             Command::Dlq { server, command } => client::dlq(server, command).await,
             Command::Token { server, command } => client::token(server, command).await,
             Command::Audit { server, args } => client::audit(server, args).await,

@@ -21,6 +21,8 @@ use gantry_plugin_api::{
 };
 use gantry_plugin_host::{HostConfig, HostedPlugins, PluginHost};
 use gantry_receiver::ReceiverConfig;
+
+use crate::reload::Reloader;
 use gantry_store::Backend;
 
 /// What `gantry serve` and `gantry receiver` share: pipelines, the store,
@@ -285,7 +287,10 @@ fn print_warnings(file: &Path, pipeline: &Pipeline) {
 
 /// The declared secrets of `pipelines` that `secrets` has no value for,
 /// one line each naming the pipeline and the environment.
-fn missing_secrets(pipelines: &[Pipeline], secrets: &BTreeMap<String, String>) -> Vec<String> {
+pub(crate) fn missing_secrets(
+    pipelines: &[Pipeline],
+    secrets: &BTreeMap<String, String>,
+) -> Vec<String> {
     let mut missing = Vec::new();
     for pipeline in pipelines {
         for env in &pipeline.environments {
@@ -350,9 +355,16 @@ fn read_secrets(path: &Path) -> anyhow::Result<BTreeMap<String, String>> {
     Ok(secrets)
 }
 
-/// What a server process opens: the engine, the receiver's settings, and
-/// the listener (none for a worker).
-type Opened = (Arc<Engine>, ReceiverConfig, Option<tokio::net::TcpListener>);
+/// What a server process opens.
+struct Opened {
+    engine: Arc<Engine>,
+    /// The receiver's settings.
+    receiver: ReceiverConfig,
+    /// None for a worker.
+    listener: Option<tokio::net::TcpListener>,
+    /// Where `POST /api/reload` asks for a reload (SIGHUP does too).
+    reload: gantry_api::ReloadRequests,
+}
 
 /// The engine over the store in `--data-dir`, with the pipelines loaded
 /// and checked, and the receiver's settings. `advances_runs`: this process
@@ -363,25 +375,13 @@ async fn open(
     listen: Option<SocketAddr>,
     advances_runs: bool,
 ) -> anyhow::Result<Result<Opened, ExitCode>> {
-    let mut loaded = Vec::new();
-    for file in &args.config {
-        match gantry_pipeline::load(file) {
-            Ok(p) => {
-                print_warnings(file, &p);
-                loaded.push((file.clone(), p));
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                return Ok(Err(ExitCode::from(1)));
-            }
+    let pipelines = match load_pipelines(&args.config) {
+        Ok(pipelines) => pipelines,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return Ok(Err(ExitCode::from(1)));
         }
-    }
-    let together = gantry_pipeline::check_together(&loaded);
-    if !together.is_empty() {
-        eprintln!("{}", together.join("\n"));
-        return Ok(Err(ExitCode::from(1)));
-    }
-    let pipelines: Vec<Pipeline> = loaded.into_iter().map(|(_, p)| p).collect();
+    };
     let receiver =
         ReceiverConfig::load(args.server_config.as_deref()).map_err(anyhow::Error::msg)?;
     let secrets = secrets(args)?;
@@ -435,12 +435,16 @@ async fn open(
             .map_or(defaults.review_timeout, Duration::from_secs),
         ..defaults
     };
-    let plugins: Arc<dyn PluginRunner> = if advances_runs {
-        Arc::new(hosted_plugins(&pipelines, cache_dir)?)
-    } else {
-        // It only accepts events and decisions: no plugin to compile.
-        Arc::new(NoPlugins)
+    let hosted = match advances_runs {
+        true => Some(Arc::new(hosted_plugins(&pipelines, cache_dir)?)),
+        false => None,
     };
+    let plugins: Arc<dyn PluginRunner> = match &hosted {
+        Some(hosted) => hosted.clone(),
+        // It only accepts events and decisions: no plugin to compile.
+        None => Arc::new(NoPlugins),
+    };
+    let secrets = advances_runs.then(|| config.secrets.clone());
     let mut engine = Engine::new(backend, pipelines, plugins, config);
     if advances_runs && let Some(reporter) = github_reporter(&receiver.github)? {
         engine = engine.with_reporter(Arc::new(reporter));
@@ -449,7 +453,40 @@ async fn open(
         .publish()
         .await
         .context("cannot store the pipeline definitions")?;
-    Ok(Ok((Arc::new(engine), receiver, listener)))
+    let engine = Arc::new(engine);
+    let reloader = Reloader {
+        files: args.config.clone(),
+        secrets,
+        plugins: hosted,
+        engine: engine.clone(),
+    };
+    Ok(Ok(Opened {
+        engine,
+        receiver,
+        listener,
+        reload: reloader.spawn(),
+    }))
+}
+
+/// Loads the pipeline files and checks them together, printing each
+/// file's warnings; the error is every problem found, one per line.
+pub(crate) fn load_pipelines(files: &[PathBuf]) -> Result<Vec<Pipeline>, String> {
+    let mut loaded = Vec::new();
+    let mut errors = Vec::new();
+    for file in files {
+        match gantry_pipeline::load(file) {
+            Ok(p) => {
+                print_warnings(file, &p);
+                loaded.push((file.clone(), p));
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    errors.extend(gantry_pipeline::check_together(&loaded));
+    match errors.is_empty() {
+        true => Ok(loaded.into_iter().map(|(_, p)| p).collect()),
+        false => Err(errors.join("\n")),
+    }
 }
 
 /// Every pipeline's plugins, compiled (or read from `cache_dir`) up front,
@@ -464,6 +501,13 @@ fn hosted_plugins(
         ..HostConfig::default()
     })?;
     let plugins = HostedPlugins::new(host);
+    load_plugins(&plugins, pipelines)?;
+    Ok(plugins)
+}
+
+/// Loads every plugin of `pipelines` into `plugins` (those loaded before
+/// are kept as they are).
+pub(crate) fn load_plugins(plugins: &HostedPlugins, pipelines: &[Pipeline]) -> anyhow::Result<()> {
     let mut jobs = Vec::new();
     for pipeline in pipelines {
         let worlds = pipeline.plugin_worlds();
@@ -480,8 +524,7 @@ fn hosted_plugins(
             jobs.push((pipeline.name.as_str(), plugin, *world));
         }
     }
-    load_all(&plugins, &jobs)?;
-    Ok(plugins)
+    load_all(plugins, &jobs)
 }
 
 /// Loads `jobs` (pipeline, plugin, world) into `plugins` on parallel
@@ -605,11 +648,17 @@ fn github_reporter(
 /// Runs the API, the webhook receiver and the worker pool until SIGINT or
 /// SIGTERM.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let (engine, receiver, listener) = match open(&args.common, Some(args.listen), true).await? {
-        Ok((engine, receiver, Some(listener))) => (engine, receiver, listener),
-        Ok(_) => bail!("no listener"),
-        Err(code) => return Ok(code),
-    };
+    let (engine, receiver, listener, reload) =
+        match open(&args.common, Some(args.listen), true).await? {
+            Ok(Opened {
+                engine,
+                receiver,
+                listener: Some(listener),
+                reload,
+            }) => (engine, receiver, listener, reload),
+            Ok(_) => bail!("no listener"),
+            Err(code) => return Ok(code),
+        };
     let local = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     // `--workers 0`: the API and webhooks only, runs advanced elsewhere.
@@ -627,7 +676,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     );
     let access = Arc::new(access(&engine, &args.access)?);
     let audit = access.audit.clone();
-    let api = gantry_api::app(engine.clone(), access);
+    let api = gantry_api::app(engine.clone(), access, Some(reload));
     let webhooks = gantry_receiver::routes(engine, receiver, audit);
     match args.webhook_listen {
         None => serve_http(listener, api.merge(webhooks), &args.common).await,
@@ -656,7 +705,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 /// advance the runs.
 pub async fn receiver(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
     let (engine, receiver, listener) = match open(&args.common, Some(args.listen), false).await? {
-        Ok((engine, receiver, Some(listener))) => (engine, receiver, listener),
+        Ok(Opened {
+            engine,
+            receiver,
+            listener: Some(listener),
+            ..
+        }) => (engine, receiver, listener),
         Ok(_) => bail!("no listener"),
         Err(code) => return Ok(code),
     };
@@ -676,8 +730,8 @@ pub async fn receiver(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
 /// Runs workers only (any number of these processes on the AWS backend):
 /// they receive, advance runs and checkpoint until SIGINT or SIGTERM.
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
-    let (engine, _, _) = match open(&args.common, None, true).await? {
-        Ok(opened) => opened,
+    let engine = match open(&args.common, None, true).await? {
+        Ok(opened) => opened.engine,
         Err(code) => return Ok(code),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

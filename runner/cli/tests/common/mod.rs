@@ -38,6 +38,38 @@ impl Server {
         matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
+    /// Sends it `signal` (`HUP`, `TERM`).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal}");
+    }
+
+    /// Waits up to 60 s for a log line containing `text`, after the first
+    /// `from` lines; returns it.
+    pub fn wait_line(&self, from: usize, text: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let found = self
+                .lines
+                .lock()
+                .ok()
+                .and_then(|l| l.iter().skip(from).find(|l| l.contains(text)).cloned());
+            if let Some(line) = found {
+                return line;
+            }
+            assert!(Instant::now() < deadline, "no log line with `{text}`");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// How many log lines it printed so far.
+    pub fn line_count(&self) -> usize {
+        self.lines.lock().map_or(0, |l| l.len())
+    }
+
     /// How many `checkpoint` log lines it printed.
     pub fn checkpoints(&self) -> usize {
         self.lines

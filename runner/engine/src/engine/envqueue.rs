@@ -280,8 +280,8 @@ impl Engine {
         environment: &str,
     ) -> Result<Arc<Pipeline>, crate::error::Refusal> {
         use crate::error::Refusal;
-        let candidates: Vec<&Arc<Pipeline>> = self
-            .pipelines
+        let pipelines = self.pipelines();
+        let candidates: Vec<&Arc<Pipeline>> = pipelines
             .iter()
             .filter(|p| pipeline.is_none_or(|n| p.name == n))
             .filter(|p| p.environment(environment).is_some())

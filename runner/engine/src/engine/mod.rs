@@ -141,8 +141,9 @@ impl Default for EngineConfig {
 pub struct Engine {
     backend: Arc<dyn Backend>,
     caps: Capabilities,
-    /// The pipelines as loaded now, by which events are routed.
-    pipelines: Vec<Arc<Pipeline>>,
+    /// The pipelines as loaded now, by which events are routed; swapped
+    /// whole by [`Engine::reload`].
+    pipelines: RwLock<Arc<Vec<Arc<Pipeline>>>>,
     /// Every definition a run may have pinned, by name and version.
     definitions: RwLock<HashMap<(String, String), Arc<Pipeline>>>,
     plugins: Arc<dyn PluginRunner>,
@@ -184,15 +185,7 @@ impl Engine {
         {
             config.max_receives = queue_gives_up.saturating_sub(1).max(1);
         }
-        let pipelines: Vec<Arc<Pipeline>> = pipelines
-            .into_iter()
-            .map(|mut p| {
-                if p.version.is_empty() {
-                    p.version = p.content_hash();
-                }
-                Arc::new(p)
-            })
-            .collect();
+        let pipelines = versioned(pipelines);
         let definitions = pipelines
             .iter()
             .map(|p| ((p.name.clone(), p.version.clone()), p.clone()))
@@ -200,7 +193,7 @@ impl Engine {
         Engine {
             caps: backend.capabilities(),
             backend,
-            pipelines,
+            pipelines: RwLock::new(Arc::new(pipelines)),
             definitions: RwLock::new(definitions),
             plugins,
             deployer: Arc::new(ProcessDeployer::default()),
@@ -248,8 +241,11 @@ impl Engine {
     }
 
     /// The pipelines as loaded now.
-    pub fn pipelines(&self) -> &[Arc<Pipeline>] {
-        &self.pipelines
+    pub fn pipelines(&self) -> Arc<Vec<Arc<Pipeline>>> {
+        self.pipelines
+            .read()
+            .map(|p| Arc::clone(&p))
+            .unwrap_or_else(|poisoned| Arc::clone(&poisoned.into_inner()))
     }
 
     /// The configuration.
@@ -267,24 +263,55 @@ impl Engine {
     pub async fn publish(&self) -> Result<(), gantry_store::Error> {
         self.published
             .get_or_try_init(|| async {
-                let writes = self
-                    .pipelines
-                    .iter()
-                    .map(|p| {
-                        gantry_store::Write::put(
-                            pipeline_key(&p.name, &p.version),
-                            encode(p.as_ref()),
-                            gantry_store::Precondition::None,
-                        )
-                    })
-                    .collect::<Vec<_>>();
-                for chunk in writes.chunks(self.caps.max_batch_items.max(1)) {
-                    self.backend.write(chunk.to_vec()).await?;
-                }
-                Ok(())
+                let pipelines = self.pipelines();
+                self.store_definitions(&pipelines).await
             })
             .await
             .map(|_| ())
+    }
+
+    /// Writes `pipelines`' definitions to the store.
+    async fn store_definitions(
+        &self,
+        pipelines: &[Arc<Pipeline>],
+    ) -> Result<(), gantry_store::Error> {
+        let writes = pipelines
+            .iter()
+            .map(|p| {
+                gantry_store::Write::put(
+                    pipeline_key(&p.name, &p.version),
+                    encode(p.as_ref()),
+                    gantry_store::Precondition::None,
+                )
+            })
+            .collect::<Vec<_>>();
+        for chunk in writes.chunks(self.caps.max_batch_items.max(1)) {
+            self.backend.write(chunk.to_vec()).await?;
+        }
+        Ok(())
+    }
+
+    /// Swaps `pipelines` in for new runs, all at once, once their
+    /// definitions are stored; runs already started keep the definition
+    /// they pinned. Says what changed, per pipeline.
+    pub async fn reload(
+        &self,
+        pipelines: Vec<Pipeline>,
+    ) -> Result<Vec<Reloaded>, gantry_store::Error> {
+        let new = versioned(pipelines);
+        self.store_definitions(&new).await?;
+        if let Ok(mut d) = self.definitions.write() {
+            for p in &new {
+                d.insert((p.name.clone(), p.version.clone()), p.clone());
+            }
+        }
+        let old = self.pipelines();
+        let changes = reload_changes(&old, &new);
+        match self.pipelines.write() {
+            Ok(mut now) => *now = Arc::new(new),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(new),
+        }
+        Ok(changes)
     }
 
     /// The definition `version` of pipeline `name`: loaded now, or read
@@ -321,11 +348,64 @@ impl Engine {
 
     /// The pipeline loaded now for `repository`.
     fn pipeline_for(&self, repository: &str) -> Option<Arc<Pipeline>> {
-        self.pipelines
+        self.pipelines()
             .iter()
             .find(|p| p.repository.eq_ignore_ascii_case(repository))
             .cloned()
     }
+}
+
+/// `pipelines`, each with its version (its content hash unless set).
+fn versioned(pipelines: Vec<Pipeline>) -> Vec<Arc<Pipeline>> {
+    pipelines
+        .into_iter()
+        .map(|mut p| {
+            if p.version.is_empty() {
+                p.version = p.content_hash();
+            }
+            Arc::new(p)
+        })
+        .collect()
+}
+
+/// What a reload did to one pipeline.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Reloaded {
+    /// The pipeline.
+    pub pipeline: String,
+    /// `added`, `changed`, `unchanged` or `removed`.
+    pub change: &'static str,
+    /// Its definition's version now (none once removed).
+    pub version: Option<String>,
+}
+
+/// The change from `old` to `new`, per pipeline name, sorted by it.
+fn reload_changes(old: &[Arc<Pipeline>], new: &[Arc<Pipeline>]) -> Vec<Reloaded> {
+    let version = |list: &[Arc<Pipeline>], name: &str| {
+        list.iter()
+            .find(|p| p.name == name)
+            .map(|p| p.version.clone())
+    };
+    let mut names: Vec<&str> = old.iter().chain(new).map(|p| p.name.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|name| {
+            let (before, now) = (version(old, name), version(new, name));
+            let change = match (&before, &now) {
+                (None, _) => "added",
+                (Some(_), None) => "removed",
+                (Some(a), Some(b)) if a == b => "unchanged",
+                _ => "changed",
+            };
+            Reloaded {
+                pipeline: name.to_string(),
+                change,
+                version: now,
+            }
+        })
+        .collect()
 }
 
 /// 12 hex digits of randomness, for worker ids and approval tokens.
@@ -360,4 +440,37 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
 /// The first seven digits of a SHA.
 pub(crate) fn short(sha: &str) -> &str {
     sha.get(..7).unwrap_or(sha)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipeline(name: &str, version: &str) -> Arc<Pipeline> {
+        let text = format!(
+            "pipeline: {name}\nrepository: acme/{name}\nenvironments:\n  dev:\n    trigger: {{ push: {{ branches: [main] }} }}\n    steps:\n      - deploy: {{ command: [\"true\"] }}\n"
+        );
+        let mut p = gantry_pipeline::parse(&text, std::path::Path::new(".")).expect("pipeline");
+        p.version = version.to_string();
+        Arc::new(p)
+    }
+
+    #[test]
+    fn a_reload_says_what_it_added_changed_kept_and_removed() {
+        let old = [pipeline("a", "1"), pipeline("b", "1"), pipeline("c", "1")];
+        let new = [pipeline("b", "2"), pipeline("c", "1"), pipeline("d", "1")];
+        let said: Vec<(String, &str)> = reload_changes(&old, &new)
+            .into_iter()
+            .map(|r| (r.pipeline, r.change))
+            .collect();
+        let expected = [
+            ("a", "removed"),
+            ("b", "changed"),
+            ("c", "unchanged"),
+            ("d", "added"),
+        ];
+        let expected: Vec<(String, &str)> =
+            expected.iter().map(|(n, c)| (n.to_string(), *c)).collect();
+        assert_eq!(said, expected);
+    }
 }

@@ -177,7 +177,7 @@ impl Engine {
     /// per pipeline and environment, in pipeline order.
     pub async fn evidence_for(&self, sha: &str) -> Result<Vec<Evidence>, gantry_store::Error> {
         let mut found = Vec::new();
-        for pipeline in &self.pipelines {
+        for pipeline in self.pipelines().iter() {
             let mut summaries = Vec::new();
             let mut after = None;
             loop {
@@ -217,7 +217,7 @@ impl Engine {
     /// the first 100 runs queued for it.
     pub async fn environments(&self) -> Result<serde_json::Value, gantry_store::Error> {
         let mut out = Vec::new();
-        for pipeline in &self.pipelines {
+        for pipeline in self.pipelines().iter() {
             for env in &pipeline.environments {
                 let state: EnvState = self
                     .backend

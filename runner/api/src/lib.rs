@@ -27,6 +27,9 @@
 //! | `GET /healthz` | `ok`, or `degraded` with the runs needing attention and dead letters; open |
 //! | `GET /metrics` | Prometheus text |
 //!
+//! An error is answered with its status and `{"error": "...", "code": "..."}`
+//! ([`error_code`]).
+//!
 //! Every route but `/healthz` needs a bearer token whose role allows it
 //! ([`guard`]); `/metrics` is open with `public_metrics`.
 
@@ -51,10 +54,30 @@ use sha2::Digest;
 /// An error answer: a status and a JSON `{"error": "..."}` body.
 pub struct AppError(StatusCode, String);
 
+/// The code an error answer carries with its HTTP status: stable, for
+/// scripts (`--json` prints it too).
+pub fn error_code(status: u16) -> &'static str {
+    match status {
+        400 => "invalid",
+        401 => "unauthenticated",
+        403 => "forbidden",
+        404 => "not_found",
+        409 => "conflict",
+        413 => "too_large",
+        415 => "unsupported_media_type",
+        422 => "unprocessable",
+        429 => "too_many_requests",
+        503 => "unavailable",
+        _ => "server_error",
+    }
+}
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let refused = guard::RefusedWith(self.1.clone());
-        let mut response = (self.0, Json(json!({ "error": self.1 }))).into_response();
+        let code = error_code(self.0.as_u16());
+        let body = json!({ "error": self.1, "code": code });
+        let mut response = (self.0, Json(body)).into_response();
         response.extensions_mut().insert(refused);
         response
     }
@@ -652,8 +675,18 @@ async fn dlq_retry(
     ))
 }
 
+/// A token record as the API shows it: never the hash of its secret.
+fn public_token(record: &gantry_auth::TokenRecord) -> Value {
+    let mut value = json!(record);
+    if let Some(map) = value.as_object_mut() {
+        map.remove("secret_sha256");
+    }
+    value
+}
+
 async fn tokens(State(AppState { access, .. }): State<AppState>) -> Result<Json<Value>, AppError> {
     let tokens = access.tokens.list().await.map_err(unavailable)?;
+    let tokens: Vec<Value> = tokens.iter().map(public_token).collect();
     Ok(Json(json!({ "tokens": tokens })))
 }
 
@@ -680,7 +713,8 @@ async fn issue_token(
         run: None,
         environment: None,
     };
-    Ok(audited((StatusCode::CREATED, Json(json!(issued))), note))
+    let answer = json!({ "token": issued.token, "record": public_token(&issued.record) });
+    Ok(audited((StatusCode::CREATED, Json(answer)), note))
 }
 
 async fn revoke_token(
@@ -694,7 +728,7 @@ async fn revoke_token(
     };
     let revoked = access.tokens.revoke(&id).await;
     match revoked.map_err(|e| unavailable(e).into_response())? {
-        Some(record) => Ok(audited(Json(json!(record)), note)),
+        Some(record) => Ok(audited(Json(public_token(&record)), note)),
         None => Err(audited(
             AppError(StatusCode::NOT_FOUND, format!("no token {id}")),
             note,

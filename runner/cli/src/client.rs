@@ -166,6 +166,23 @@ pub enum DlqCommand {
     },
 }
 
+/// An error answer from the API: its status and what it said.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    /// The HTTP status.
+    pub status: u16,
+    /// The request, the status and the API's message.
+    pub message: String,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
 pub(crate) struct Client {
     base: String,
     token: Option<String>,
@@ -230,7 +247,11 @@ impl Client {
                 401 if self.token.is_none() => " (set GANTRY_TOKEN or --token)",
                 _ => "",
             };
-            Err(anyhow!("{method} {path}: {status}: {message}{hint}"))
+            Err(ApiError {
+                status: status.as_u16(),
+                message: format!("{method} {path}: {status}: {message}{hint}"),
+            }
+            .into())
         }
     }
 
@@ -335,7 +356,7 @@ pub async fn runs(server: ServerArgs, command: RunsCommand) -> anyhow::Result<Ex
             }
             let page = client.get(&path).await?;
             if server.json {
-                print_json(&page);
+                print_json(&crate::public::runs_page(&page));
                 return Ok(ExitCode::SUCCESS);
             }
             list_runs(&page);
@@ -343,7 +364,7 @@ pub async fn runs(server: ServerArgs, command: RunsCommand) -> anyhow::Result<Ex
         RunsCommand::Show { id, watch: false } => {
             let run = client.get(&format!("/api/runs/{id}")).await?;
             if server.json {
-                print_json(&run);
+                print_json(&crate::public::run(&run));
             } else {
                 print!("{}", crate::terminal_safe(&timeline(&run)));
                 print_deploys(&client, &run).await;
@@ -435,7 +456,8 @@ async fn watch_run(client: &Client, server: &ServerArgs, id: &str) -> anyhow::Re
         let run = client.get(&format!("/api/runs/{id}")).await?;
         if run["updated_ms"] != last["updated_ms"] || run["status"] != last["status"] {
             if server.json {
-                say!("{}", serde_json::to_string(&run).unwrap_or_default());
+                let public = crate::public::run(&run);
+                say!("{}", serde_json::to_string(&public).unwrap_or_default());
             } else {
                 say!("-- {}", crate::envs::shown(gantry_store::now_ms()));
                 print!("{}", crate::terminal_safe(&timeline(&run)));
@@ -667,7 +689,7 @@ pub async fn approvals(server: ServerArgs) -> anyhow::Result<ExitCode> {
                     "run": p["run"], "pipeline": p["pipeline"], "environment": p["environment"],
                     "sha": p["sha"], "step": p["step"], "approvals": p["approvals"],
                     "required": p["required"], "reason": p["reason"],
-                    "since": p["since_ms"].as_u64().map(crate::envs::rfc3339),
+                    "since": crate::public::time(&p["since_ms"]),
                 })
             })
             .collect();
@@ -700,7 +722,7 @@ pub async fn evidence(server: ServerArgs, sha: String) -> anyhow::Result<ExitCod
     let client = Client::new(&server);
     let found = client.get(&format!("/api/evidence/{sha}")).await?;
     if server.json {
-        print_json(&found);
+        print_json(&crate::public::evidence(&found));
         return Ok(ExitCode::SUCCESS);
     }
     let list = found.as_array().cloned().unwrap_or_default();
@@ -810,7 +832,7 @@ pub async fn dlq(server: ServerArgs, command: DlqCommand) -> anyhow::Result<Exit
         DlqCommand::List => {
             let list = client.get("/api/dlq?limit=1000").await?;
             if server.json {
-                print_json(&list);
+                print_json(&crate::public::dead_letters(&list));
                 return Ok(ExitCode::SUCCESS);
             }
             let entries = list["dead_letters"].as_array().cloned().unwrap_or_default();
@@ -972,7 +994,8 @@ pub async fn token(server: ServerArgs, command: TokenCommand) -> anyhow::Result<
             });
             let issued = client.post("/api/tokens", body).await?;
             if server.json {
-                print_json(&issued);
+                let record = crate::public::token(&issued["record"]);
+                print_json(&json!({ "token": issued["token"], "record": record }));
             } else {
                 let record = &issued["record"];
                 esay!(
@@ -987,7 +1010,9 @@ pub async fn token(server: ServerArgs, command: TokenCommand) -> anyhow::Result<
         TokenCommand::List => {
             let list = client.get("/api/tokens").await?;
             if server.json {
-                print_json(&list);
+                let tokens = list["tokens"].as_array().cloned().unwrap_or_default();
+                let tokens: Vec<Value> = tokens.iter().map(crate::public::token).collect();
+                print_json(&json!({ "tokens": tokens }));
                 return Ok(ExitCode::SUCCESS);
             }
             say!(
@@ -1028,7 +1053,7 @@ pub async fn token(server: ServerArgs, command: TokenCommand) -> anyhow::Result<
                 )
                 .await?;
             if server.json {
-                print_json(&record);
+                print_json(&crate::public::token(&record));
             } else {
                 say!(
                     "token {} ({}) revoked",
@@ -1115,6 +1140,7 @@ pub async fn audit(server: ServerArgs, args: AuditArgs) -> anyhow::Result<ExitCo
             };
             let records = audit_records(&client, since_ms).await?;
             if server.json {
+                let records: Vec<Value> = records.iter().map(crate::public::audit_record).collect();
                 print_json(&json!({ "records": records }));
                 return Ok(ExitCode::SUCCESS);
             }

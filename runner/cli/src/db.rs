@@ -55,7 +55,7 @@ pub async fn db(server: ServerArgs, command: DbCommand) -> anyhow::Result<ExitCo
         )
         .await?;
     if server.json {
-        print_json(&restored);
+        print_json(&crate::public::restored(&restored));
     } else {
         say!(
             "restored the database of {environment} from {} in {} ms",

@@ -6,11 +6,11 @@
 
 use std::process::ExitCode;
 
-use chrono::{DateTime, SecondsFormat};
 use clap::Subcommand;
 use serde_json::{Value, json};
 
 use crate::client::{Client, ServerArgs, print_json, text};
+use crate::public::{rfc3339, time};
 
 /// `gantry envs` subcommands.
 #[derive(Subcommand)]
@@ -24,17 +24,6 @@ pub enum EnvsCommand {
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
-}
-
-/// Unix ms as RFC 3339, UTC, to the second.
-pub(crate) fn rfc3339(ms: u64) -> String {
-    i64::try_from(ms)
-        .ok()
-        .and_then(DateTime::from_timestamp_millis)
-        .map_or_else(
-            || ms.to_string(),
-            |t| t.to_rfc3339_opts(SecondsFormat::Secs, true),
-        )
 }
 
 /// How long before `now_ms` `ms` was, for people: `just now`, `45s ago`,
@@ -70,7 +59,7 @@ fn deployed(d: &Value) -> Value {
         "sha": d["artifact"]["commit_sha"],
         "image": d["artifact"]["image"],
         "run": d["run"],
-        "since": d["at_ms"].as_u64().map(rfc3339),
+        "since": time(&d["at_ms"]),
     })
 }
 
@@ -84,7 +73,7 @@ fn environment(e: &Value) -> Value {
         "current": deployed(&state["current"]),
         "previous": deployed(&state["previous"]),
         "held": if held.is_null() { Value::Null } else {
-            json!({"run": held["run"], "reason": held["reason"], "since": held["at_ms"].as_u64().map(rfc3339)})
+            json!({"run": held["run"], "reason": held["reason"], "since": time(&held["at_ms"])})
         },
         "deploying": state["holder"],
         "waiting": e["waiting"],
@@ -95,7 +84,7 @@ fn environment(e: &Value) -> Value {
 /// One change of `/api/environments/{env}/history` in the public shape.
 fn change(c: &Value) -> Value {
     json!({
-        "at": c["at_ms"].as_u64().map(rfc3339),
+        "at": time(&c["at_ms"]),
         "change": c["change"],
         "sha": c["artifact"]["commit_sha"],
         "image": c["artifact"]["image"],
@@ -236,7 +225,7 @@ fn artifact_line(d: &Value) -> String {
 /// An RFC 3339 time of the public shape, shown with how long ago it was.
 fn when(at: &Value) -> String {
     at.as_str()
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
         .and_then(|t| u64::try_from(t.timestamp_millis()).ok())
         .map_or_else(|| "-".into(), shown)
 }

@@ -8,6 +8,7 @@ mod db;
 mod envs;
 mod plugin;
 mod project;
+mod public;
 mod reload;
 mod serve;
 
@@ -267,10 +268,31 @@ fn main() -> std::process::ExitCode {
     match outcome {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", terminal_safe(&format!("{e:#}")));
+            report_error(&e);
             std::process::ExitCode::from(2)
         }
     }
+}
+
+/// Reports a command's failure: one `error:` line on stderr, or with
+/// `--json` the public error object (`{"error": {"code", "message"}}`) on
+/// stdout, its code from the API's answer (`unreachable` when there was
+/// none, `usage` for a mistake found before asking).
+fn report_error(e: &anyhow::Error) {
+    let message = format!("{e:#}");
+    if !std::env::args().any(|a| a == "--json") {
+        eprintln!("error: {}", terminal_safe(&message));
+        return;
+    }
+    let code = match (
+        e.downcast_ref::<client::ApiError>(),
+        e.downcast_ref::<reqwest::Error>(),
+    ) {
+        (Some(api), _) => gantry_api::error_code(api.status),
+        (None, Some(_)) => "unreachable",
+        (None, None) => "usage",
+    };
+    client::print_json(&public::error(code, &message));
 }
 
 /// `text` with every control character but newline and tab escaped

@@ -358,13 +358,17 @@ async fn restores_the_backup(h: &Harness, run: &str, production: &Database, back
         .expect("restore as an approver");
     assert_eq!(refused.status(), 403);
 
-    let restored = gantry_db(h, &[run, "--env", "production", "--yes"]);
+    let restored = gantry_db(h, &[run, "--env", "production", "--yes", "--json"]);
     assert!(
         restored.status.success(),
         "{}",
         String::from_utf8_lossy(&restored.stderr)
     );
-    assert!(String::from_utf8_lossy(&restored.stdout).contains(backup));
+    let answer: serde_json::Value =
+        serde_json::from_slice(&restored.stdout).expect("db restore --json");
+    assert_public_json(&answer);
+    assert_eq!(answer["backup"]["file"], backup, "{answer:#}");
+    assert!(answer["backup"]["taken"].is_string(), "{answer:#}");
     // As before the run's migrations: no note column, the rows of then.
     assert_eq!(columns(&production.name), "id,name");
     assert_eq!(

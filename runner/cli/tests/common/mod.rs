@@ -402,6 +402,77 @@ pub fn cli_as(h: &Harness, token: &str, args: &[&str]) -> (Option<i32>, String, 
     )
 }
 
+/// Checks `value` is in the public `--json` shape (README, "Scripting with
+/// --json"): no internal field, no token secret or hash, no Unix
+/// milliseconds (durations end in `_ms`: only `duration_ms`), no pair
+/// lists, and every time field null or RFC 3339 in UTC.
+pub fn assert_public_json(value: &Value) {
+    const INTERNAL: [&str; 14] = [
+        "wake",
+        "serial",
+        "outbox",
+        "reports",
+        "effect",
+        "lease_owner",
+        "lease_until_ms",
+        "ticket",
+        "locked",
+        "next_ticket",
+        "secret_sha256",
+        "state",
+        "retrying",
+        "attention",
+    ];
+    const TIMES: [&str; 12] = [
+        "at",
+        "since",
+        "created",
+        "updated",
+        "finished",
+        "started",
+        "expires",
+        "revoked",
+        "taken",
+        "approval_deadline",
+        "gate_deadline",
+        "stable_until",
+    ];
+    fn walk(value: &Value, path: &str) {
+        match value {
+            Value::Object(map) => {
+                for (key, v) in map {
+                    let here = format!("{path}.{key}");
+                    assert!(!INTERNAL.contains(&key.as_str()), "internal field {here}");
+                    assert!(
+                        !key.ends_with("_ms") || key == "duration_ms",
+                        "Unix milliseconds at {here}"
+                    );
+                    if TIMES.contains(&key.as_str()) && !v.is_null() {
+                        let text = v
+                            .as_str()
+                            .unwrap_or_else(|| panic!("{here} is not a time: {v}"));
+                        let parsed = chrono::DateTime::parse_from_rfc3339(text)
+                            .unwrap_or_else(|e| panic!("{here} = {text}: {e}"));
+                        assert!(
+                            text.ends_with('Z') && parsed.offset().local_minus_utc() == 0,
+                            "{here} = {text}"
+                        );
+                    }
+                    walk(v, &here);
+                }
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    assert!(!item.is_array(), "a pair list at {path}[{i}]");
+                    walk(item, &format!("{path}[{i}]"));
+                }
+            }
+            _ => {}
+        }
+    }
+    walk(value, "");
+}
+
 pub fn push(sha: &str, author: &str) -> Value {
     json!({"kind": "push", "repository": "acme/web", "branch": "feature/x", "sha": sha, "author": author})
 }

@@ -17,6 +17,7 @@
 //! | `outbox` | notifications and deployment reports, delivered in order |
 //! | `people` | approve, reject, release |
 //! | `cancel` | a person's cancel request, honoured at the run's next safe point (adopted by a transition it raced) |
+//! | `manual` | runs a person starts: retry, promote, and a manual rollback (its run redeploys through the deploy steps, then holds) |
 //! | `restore` | a database put back as a run's backup holds it (`gantry db restore`) |
 //! | `reviews` | GitHub deployment protection rules |
 //! | `sweeper` | what recovers a lost message: due runs and reviews, free environments with waiters |

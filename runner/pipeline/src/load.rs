@@ -157,7 +157,15 @@ pub fn parse(text: &str, base: &Path) -> Result<Pipeline, Vec<Problem>> {
             message: format!("nested more than {} levels deep", limits::DEPTH),
         }]);
     }
-    let file: File = serde_yaml_ng::from_str(text).map_err(|e| vec![serde_problem(&e)])?;
+    let mut file: File = serde_yaml_ng::from_str(text).map_err(|e| vec![serde_problem(&e)])?;
+    if file.defaults.sets_steps() {
+        // The file as written is valid (with its places for errors); the
+        // defaults' step settings, checked above, are written into the
+        // steps that leave them out, and the whole read again.
+        file = with_step_defaults(text)
+            .and_then(File::deserialize)
+            .map_err(|e| vec![serde_problem(&e)])?;
+    }
     let mut check = Check {
         at: Locations::index(text),
         problems: Vec::new(),
@@ -223,6 +231,100 @@ struct Defaults {
     concurrency: Option<Concurrency>,
     #[serde(default)]
     on_failure: Option<OnFailure>,
+    /// Settings every deploy step (and canary deploy) takes unless it sets
+    /// its own.
+    #[serde(default)]
+    deploy: Option<DeployDefaults>,
+    /// Settings every gate (and canary gate) takes unless it sets its own.
+    #[serde(default)]
+    gate: Option<GateDefaults>,
+    /// Settings every approval takes unless it sets its own.
+    #[serde(default)]
+    approval: Option<ApprovalDefaults>,
+}
+
+impl Defaults {
+    /// Whether it sets any step setting.
+    fn sets_steps(&self) -> bool {
+        self.deploy.is_some() || self.gate.is_some() || self.approval.is_some()
+    }
+}
+
+/// `defaults.deploy`: typed here so a mistake is reported where it is.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployDefaults {
+    #[serde(default, rename = "timeout")]
+    _timeout: Option<Span>,
+}
+
+/// `defaults.gate`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GateDefaults {
+    #[serde(default, rename = "timeout")]
+    _timeout: Option<Span>,
+    #[serde(default, rename = "retries")]
+    _retries: Option<u32>,
+    #[serde(default, rename = "retry_interval")]
+    _retry_interval: Option<Span>,
+}
+
+/// `defaults.approval`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApprovalDefaults {
+    #[serde(default, rename = "required")]
+    _required: Option<u32>,
+    #[serde(default, rename = "approvers")]
+    _approvers: Option<Vec<String>>,
+    #[serde(default, rename = "allow_self_approval")]
+    _allow_self_approval: Option<bool>,
+    #[serde(default, rename = "timeout")]
+    _timeout: Option<Span>,
+}
+
+/// The step kinds `defaults` may set, and where a step of each kind keeps
+/// its settings: `deploy` and `gate` also inside a canary.
+const STEP_DEFAULTS: [(&str, &[&[&str]]); 3] = [
+    ("deploy", &[&["deploy"], &["canary", "deploy"]]),
+    ("gate", &[&["gate"], &["canary", "gate"]]),
+    ("approval", &[&["approval"]]),
+];
+
+/// `text` as a YAML value with `defaults`' step settings written into every
+/// step that does not set them itself.
+fn with_step_defaults(text: &str) -> Result<serde_yaml_ng::Value, serde_yaml_ng::Error> {
+    use serde_yaml_ng::Value;
+    let mut file: Value = serde_yaml_ng::from_str(text)?;
+    let defaults = file.get("defaults").cloned().unwrap_or(Value::Null);
+    let Some(environments) = file.get_mut("environments").and_then(Value::as_mapping_mut) else {
+        return Ok(file);
+    };
+    for (_, env) in environments.iter_mut() {
+        let steps = env.get_mut("steps").and_then(Value::as_sequence_mut);
+        for step in steps.into_iter().flatten() {
+            for (kind, places) in STEP_DEFAULTS {
+                let Some(settings) = defaults.get(kind).and_then(Value::as_mapping) else {
+                    continue;
+                };
+                for place in places {
+                    let mut at = Some(&mut *step);
+                    for key in *place {
+                        at = at.and_then(|v| v.get_mut(*key));
+                    }
+                    if let Some(own) = at.and_then(Value::as_mapping_mut) {
+                        for (key, value) in settings {
+                            if !own.contains_key(key) {
+                                own.insert(key.clone(), value.clone());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(file)
 }
 
 #[derive(Deserialize)]
@@ -1190,5 +1292,67 @@ environments:
             problems[0].message.contains("unknown field `timeout`"),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn defaults_give_steps_the_settings_they_leave_out() {
+        let text = "pipeline: web
+repository: acme/web
+defaults:
+  deploy: { timeout: 7m }
+  gate: { retries: 3, retry_interval: 20s }
+  approval: { approvers: [alice, bob], required: 2 }
+environments:
+  production:
+    trigger: { push: { branches: [main] } }
+    steps:
+      - deploy: { command: [\"true\"] }
+      - deploy: { name: slow, command: [\"true\"], timeout: 30m }
+      - gate: { plugin: health }
+      - approval: { required: 1 }
+      - canary: { weights: [50, 100], deploy: { command: [\"true\"] }, gate: { plugin: health, retries: 0 } }
+plugins:
+  health: { component: health.wasm }
+";
+        let dir = tempfile::tempdir().expect("tempdir");
+        // An empty component: only the steps' settings matter here.
+        std::fs::write(dir.path().join("health.wasm"), b"\0asm\x0d\0\x01\0").expect("write");
+        let pipeline = parse(text, dir.path()).expect("valid");
+        let steps = &pipeline.environments[0].steps;
+        let (StepKind::Deploy(first), StepKind::Deploy(slow)) = (&steps[0].kind, &steps[1].kind)
+        else {
+            panic!("deploys: {steps:?}");
+        };
+        assert_eq!(first.timeout.0, Duration::from_secs(7 * 60));
+        assert_eq!(slow.timeout.0, Duration::from_secs(30 * 60), "its own wins");
+        let StepKind::Gate(gate) = &steps[2].kind else {
+            panic!("gate: {steps:?}");
+        };
+        assert_eq!(
+            (gate.retries, gate.retry_interval.0),
+            (3, Duration::from_secs(20))
+        );
+        let StepKind::Approval(approval) = &steps[3].kind else {
+            panic!("approval: {steps:?}");
+        };
+        assert_eq!(approval.approvers, ["alice", "bob"]);
+        assert_eq!(approval.required, 1, "its own wins");
+        let StepKind::Canary(canary) = &steps[4].kind else {
+            panic!("canary: {steps:?}");
+        };
+        assert_eq!(canary.deploy.timeout.0, Duration::from_secs(7 * 60));
+        assert_eq!(
+            canary.gate.as_ref().map(|g| g.retries),
+            Some(0),
+            "its own wins"
+        );
+
+        // A mistake in the defaults is named where it is.
+        let bad = text.replace("retries: 3,", "retries: many,");
+        let problems = parse(&bad, dir.path()).expect_err("invalid");
+        assert_eq!(problems[0].line, 5, "{problems:?}");
+        let unknown = text.replace("deploy: { timeout: 7m }", "deploy: { timout: 7m }");
+        let problems = parse(&unknown, dir.path()).expect_err("unknown key");
+        assert!(problems[0].message.contains("timout"), "{problems:?}");
     }
 }

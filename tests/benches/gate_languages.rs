@@ -211,7 +211,13 @@ fn main() {
             node,
         ),
     ];
+    // `GANTRY_BENCH_ONLY=Python` (a prefix of a language) measures one,
+    // for a profiler.
+    let only = std::env::var("GANTRY_BENCH_ONLY").unwrap_or_default();
     for (language, name, subprocess) in languages {
+        if !language.starts_with(&only) {
+            continue;
+        }
         let component = gantry_tests::plugin(name);
         let cache = tempfile::tempdir().expect("tempdir");
         let (compile, loads) = cold_starts(&component, cache.path(), &origin, cold);

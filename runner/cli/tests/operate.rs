@@ -20,16 +20,7 @@ const DEV_ONLY: &str = "7777777ccccccc8888888ddddddd999999900000";
 /// Approves (or rejects) the production approval run `run` waits at.
 async fn decide(h: &Harness, run: &str, user: &str, approve: bool) {
     h.wait_for_approval(run).await;
-    let body =
-        json!({"environment": "production", "user": user, "approve": approve, "reason": "ok"});
-    let (status, answer) = h
-        .api(
-            Method::POST,
-            &format!("/api/runs/{run}/decisions"),
-            Some(body),
-        )
-        .await;
-    assert_eq!(status, 200, "{answer}");
+    h.decide_in_production(run, user, approve).await;
 }
 
 /// Deploy requests staging's toy app has had.

@@ -7,23 +7,9 @@
 mod common;
 
 use common::*;
-use reqwest::Method;
-use serde_json::json;
 
 const NEXT: &str = "1111111aaaaaaa2222222bbbbbbb333333344444";
 const DEV: &str = "4444444aaaaaaa5555555bbbbbbb666666677777";
-
-async fn approve(h: &Harness, run: &str, user: &str) {
-    let body = json!({"environment": "production", "user": user, "approve": true, "reason": "ok"});
-    let (status, answer) = h
-        .api(
-            Method::POST,
-            &format!("/api/runs/{run}/decisions"),
-            Some(body),
-        )
-        .await;
-    assert_eq!(status, 200, "{answer}");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_swaps_valid_files_in_for_new_runs_and_refuses_broken_ones() {
@@ -57,7 +43,7 @@ async fn sighup_swaps_valid_files_in_for_new_runs_and_refuses_broken_ones() {
     assert!(reloaded.contains("changed"), "{reloaded}");
 
     // The waiting run keeps its own: one approval is enough.
-    approve(&h, &waiting, "bob").await;
+    h.decide_in_production(&waiting, "bob", true).await;
     h.wait_status(&waiting, "succeeded").await;
 
     // A new run needs two.
@@ -65,14 +51,14 @@ async fn sighup_swaps_valid_files_in_for_new_runs_and_refuses_broken_ones() {
     let next = sub["run"].as_str().expect("run").to_string();
     let run = h.wait_for_approval(&next).await;
     assert_ne!(run["pipeline_version"], first["pipeline_version"]);
-    approve(&h, &next, "bob").await;
+    h.decide_in_production(&next, "bob", true).await;
     let still = h
         .wait_run(&next, "one approval recorded", |r| {
             r["reason"].as_str().unwrap_or("").contains("carol")
         })
         .await;
     assert_eq!(still["status"], "waiting", "{still:#}");
-    approve(&h, &next, "carol").await;
+    h.decide_in_production(&next, "carol", true).await;
     h.wait_status(&next, "succeeded").await;
 
     // `gantry reload`: the admin only; a broken file is an error with its

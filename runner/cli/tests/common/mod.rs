@@ -40,11 +40,7 @@ impl Server {
 
     /// Sends it `signal` (`HUP`, `TERM`).
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([format!("-{signal}"), self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill -{signal}");
+        send_signal(self.child.id(), signal);
     }
 
     /// Waits up to 60 s for a log line containing `text`, after the first
@@ -369,6 +365,16 @@ impl Harness {
         (status, response.text().await.unwrap_or_default())
     }
 
+    /// `user`'s decision (`approve` or reject) at the production approval
+    /// run `run` waits at, which must be taken.
+    pub async fn decide_in_production(&self, run: &str, user: &str, approve: bool) {
+        let body =
+            json!({"environment": "production", "user": user, "approve": approve, "reason": "ok"});
+        let path = format!("/api/runs/{run}/decisions");
+        let (status, answer) = self.api(reqwest::Method::POST, &path, Some(body)).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+
     /// A new token for `user` with `role`, issued by the admin.
     pub async fn token(&self, user: &str, role: &str) -> String {
         let body = json!({"user": user, "role": role});
@@ -471,6 +477,15 @@ pub fn assert_public_json(value: &Value) {
         }
     }
     walk(value, "");
+}
+
+/// Sends `signal` (`KILL`, `HUP`, ...) to process `pid`.
+pub fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{signal}");
 }
 
 pub fn push(sha: &str, author: &str) -> Value {

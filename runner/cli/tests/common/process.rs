@@ -48,11 +48,7 @@ impl Process {
 
     /// Sends `signal` (`KILL`, `STOP`, `CONT`).
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([format!("-{signal}"), self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill -{signal}");
+        super::send_signal(self.child.id(), signal);
     }
 
     /// Log lines from line `from` on that contain `text`.

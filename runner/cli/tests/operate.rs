@@ -149,6 +149,10 @@ async fn retry_promote_and_rollback_by_hand() {
         err.contains("no run of a commit starting with abcdef12"),
         "{err}"
     );
+    let huge = "a".repeat(65);
+    let (code, _, err) = cli_as(&h, &operator, &["promote", &huge, "--to", "production"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("4 to 64 hex digits"), "{err}");
 
     // Roll production back to the previous artifact (GOOD), by hand.
     let (code, _, err) = cli_as(&h, &viewer, &["rollback", "production", "--reason", "x"]);

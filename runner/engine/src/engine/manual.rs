@@ -228,10 +228,10 @@ impl Engine {
         prefix: &str,
     ) -> Result<(String, Run), Refusal> {
         let prefix = prefix.trim().to_ascii_lowercase();
-        if prefix.len() < 4 || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(Refusal::Invalid(format!(
-                "`{prefix}` is not a commit SHA (at least 4 hex digits)"
-            )));
+        if !(4..=64).contains(&prefix.len()) || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(Refusal::Invalid(
+                "the SHA must be 4 to 64 hex digits (a prefix that names one commit)".into(),
+            ));
         }
         let mut query = ListQuery::partition(summary_partition(&pipeline.name), 100);
         query.prefix = prefix.clone();

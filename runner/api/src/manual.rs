@@ -74,12 +74,10 @@ pub(crate) async fn retry(
         .run(&id)
         .await
         .map_err(|e| unavailable(e).into_response())?;
-    let environment = old.as_ref().and_then(|run| {
-        run.stages
-            .iter()
-            .find(|s| s.status != gantry_engine::model::StageStatus::Succeeded)
-            .map(|s| s.environment.clone())
-    });
+    // The environment the retry starts in, for the role check.
+    let environment = old
+        .as_ref()
+        .and_then(|run| run.stopped_at().map(|i| run.environment_of(i)));
     let note = Audited {
         action: format!("retry run {id}"),
         run: Some(id.clone()),

@@ -524,6 +524,18 @@ impl Run {
             .is_some_and(|o| o.action == ManualAction::Rollback)
     }
 
+    /// Where a retry starts: the first stage that did not succeed.
+    pub fn stopped_at(&self) -> Option<usize> {
+        Self::stopped_at_in(&self.stages)
+    }
+
+    /// The first of `stages` that did not succeed.
+    pub fn stopped_at_in(stages: &[Stage]) -> Option<usize> {
+        stages
+            .iter()
+            .position(|s| s.status != StageStatus::Succeeded)
+    }
+
     /// Whether nothing is left to do: terminal and every delivery made.
     pub fn is_done(&self) -> bool {
         self.status.is_terminal() && !self.has_deliveries()

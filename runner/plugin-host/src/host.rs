@@ -210,6 +210,7 @@ impl PluginHost {
         wasm.max_wasm_stack(config.stack_kb * 1024);
         if let Allocator::Pooling { max_instances } = config.allocator {
             let ceiling = usize::try_from(config.memory_ceiling_mb << 20).unwrap_or(usize::MAX);
+            let resident = keep_resident();
             let mut pool = PoolingAllocationConfig::default();
             pool.total_component_instances(max_instances)
                 .total_core_instances(max_instances * 16)
@@ -222,8 +223,8 @@ impl PluginHost {
                 // dirtied are put back, so the next call neither faults
                 // them in again nor waits for a memset of untouched ones.
                 .pagemap_scan(Enabled::Auto)
-                .linear_memory_keep_resident(keep_resident())
-                .table_keep_resident(keep_resident());
+                .linear_memory_keep_resident(resident)
+                .table_keep_resident(resident);
             wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }
         let engine = Engine::new(&wasm).map_err(|e| host_error(format!("engine: {e:#}")))?;

@@ -47,14 +47,6 @@ const RETRIABLE: [RunStatus; 3] = [
     RunStatus::Cancelled,
 ];
 
-/// The first of a run's `stages` that did not succeed: where a retry
-/// starts.
-fn stopped_at(stages: &[Stage]) -> Option<usize> {
-    stages
-        .iter()
-        .position(|s| s.status != StageStatus::Succeeded)
-}
-
 impl Engine {
     /// Starts run `run_id` again as a new run, from the environment where
     /// it stopped (and the ones after it that the current pipeline still
@@ -71,7 +63,7 @@ impl Engine {
             )));
         }
         let pipeline = self.current_pipeline(&old.pipeline)?;
-        let from = stopped_at(&old.stages).unwrap_or(0);
+        let from = old.stopped_at().unwrap_or(0);
         let first = old.environment_of(from);
         if pipeline.environment(&first).is_none() {
             return Err(Refusal::Conflict(format!(
@@ -373,7 +365,7 @@ mod tests {
                 .zip(statuses)
                 .map(|(e, s)| stage(e, *s))
                 .collect();
-            assert_eq!(stopped_at(&stages), Some(expected));
+            assert_eq!(Run::stopped_at_in(&stages), Some(expected));
         }
     }
 

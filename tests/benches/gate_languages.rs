@@ -55,16 +55,16 @@ fn manifest(origin: &str) -> Manifest {
 }
 
 /// Calls of `component` through a host whose cache is already warm.
-async fn calls(component: &Path, cache: &Path, origin: &str, url: &str, n: usize) -> Stats {
+async fn calls(component: PathBuf, cache: PathBuf, origin: String, url: String, n: usize) -> Stats {
     let host = PluginHost::new(HostConfig {
-        cache_dir: Some(cache.to_path_buf()),
+        cache_dir: Some(cache),
         ..HostConfig::default()
     })
     .expect("host");
     let plugin = host
-        .load("error-rate", component, manifest(origin))
+        .load("error-rate", &component, manifest(&origin))
         .expect("load");
-    let ctx = ctx(url);
+    let ctx = ctx(&url);
     let secrets = BTreeMap::new();
     let mut samples = Vec::with_capacity(n);
     for i in 0..n + n / 10 {
@@ -81,7 +81,7 @@ async fn calls(component: &Path, cache: &Path, origin: &str, url: &str, n: usize
 }
 
 /// GETs of `url` alone, through a client built as the host's.
-async fn gets(url: &str, n: usize) -> Stats {
+async fn gets(url: String, n: usize) -> Stats {
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -89,7 +89,7 @@ async fn gets(url: &str, n: usize) -> Stats {
     let mut samples = Vec::with_capacity(n);
     for i in 0..n + n / 10 {
         let started = Instant::now();
-        let response = client.get(url).send().await.expect("GET");
+        let response = client.get(&url).send().await.expect("GET");
         let body = response.bytes().await.expect("body");
         let elapsed = started.elapsed();
         assert!(!body.is_empty());
@@ -98,6 +98,18 @@ async fn gets(url: &str, n: usize) -> Stats {
         }
     }
     stats(samples)
+}
+
+/// `work` run to its end in a task on the runtime's worker threads, as
+/// `gantry serve` runs a gate (not polled from the main thread, whose
+/// every I/O event would cross to another thread).
+fn on_worker<T: Send + 'static>(
+    runtime: &tokio::runtime::Runtime,
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    runtime
+        .block_on(runtime.spawn(work))
+        .expect("the measured task")
 }
 
 /// A new host (a new engine) loading `component`: compiled into an empty
@@ -182,7 +194,7 @@ fn main() {
     let [python, node] = [&python, &node].map(|p| p.to_str().expect("utf-8 path"));
     let node = spawns("node", &[node, &url], spawned);
 
-    let get = runtime.block_on(gets(&url, n));
+    let get = on_worker(&runtime, gets(url.clone(), n));
     println!("the error-rate gate, per check (median / p99 ms), {n} calls");
     println!(
         "the GET alone: {:.3} / {:.3} ms",
@@ -221,7 +233,16 @@ fn main() {
         let component = gantry_tests::plugin(name);
         let cache = tempfile::tempdir().expect("tempdir");
         let (compile, loads) = cold_starts(&component, cache.path(), &origin, cold);
-        let call = runtime.block_on(calls(&component, cache.path(), &origin, &url, n));
+        let call = on_worker(
+            &runtime,
+            calls(
+                component.clone(),
+                cache.path().to_path_buf(),
+                origin.clone(),
+                url.clone(),
+                n,
+            ),
+        );
         println!(
             "| {language} | {:.3} / {:.3} | {:.3} | {:.2} / {:.2} | {:.0}× | {:.1} / {:.1} | {:.0} |",
             ms(call.median),

@@ -31,16 +31,16 @@ use crate::types::{
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// How much of each pooled memory and table stays resident between calls:
-/// where the kernel can say which pages a call dirtied (PAGEMAP_SCAN, Linux
-/// 6.7+), enough for the largest interpreters, since only dirtied pages are
-/// reset; elsewhere the first bytes are reset whether used or not, so less.
+/// where the kernel can say which pages a call dirtied (the PAGEMAP_SCAN
+/// ioctl, Linux 6.7+, as wasmtime probes it), enough for the largest
+/// interpreters, since only dirtied pages are reset; elsewhere the first
+/// bytes are reset whether used or not, so less.
 fn keep_resident() -> usize {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut numbers = release
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|n| n.parse::<u32>().ok());
-    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
-    if version >= (6, 7) { 64 << 20 } else { 8 << 20 }
+    if PoolingAllocationConfig::is_pagemap_scan_available() {
+        64 << 20
+    } else {
+        8 << 20
+    }
 }
 
 /// Extra time the wall-clock backstop gives a call past its limit, so the
